@@ -1,0 +1,3 @@
+"""pvdal: convert radiance fields between NeRF architectures (PVD-AL)."""
+
+__version__ = "0.1.0"

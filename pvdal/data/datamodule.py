@@ -1,0 +1,125 @@
+"""LightningDataModule: shuffled ray batches for training, whole images for val/test.
+
+Training batches are drawn per global step from a generator seeded by (seed, epoch, index), so
+runs are repeatable and resumable; under DDP every rank draws the same global batch and keeps
+its own disjoint slice (no DistributedSampler needed: the trainer sets
+``use_distributed_sampler=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from pvdal.data.frames import Frames, SceneData
+from pvdal.utils.errors import ConfigError
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class TrainRays(Dataset):
+    """``steps`` items per epoch; each item is one batch of random pixels of the train frames.
+
+    ``frames_fn`` returns the current training frames, so view-level active learning can swap
+    in new (pose-only) frames between epochs.
+    """
+
+    def __init__(self, data: SceneData, batch_size: int, steps: int, seed: int,
+                 epoch_fn: Callable[[], int], frames_fn: Callable[[], Frames]) -> None:
+        self.data, self.frames_fn = data, frames_fn
+        self.batch_size, self.steps, self.seed, self.epoch_fn = batch_size, steps, seed, epoch_fn
+        self._frames: Frames | None = None
+
+    def _index(self) -> Frames:
+        frames = self.frames_fn()
+        if frames is not self._frames:  # rebuild the flat pixel index for new frames
+            self._frames = frames
+            sizes = frames.hw[:, 0] * frames.hw[:, 1]
+            self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+            self.pixels = (None if frames.images is None else
+                           torch.cat([im.reshape(-1, 3) for im in frames.images]))
+        return frames
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        frames = self._index()
+        rank, world = _rank_world()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn() * 100_003 + i)
+        total = int(self.offsets[-1])
+        gidx = torch.randint(0, total, (self.batch_size * world,), generator=g)
+        gidx = gidx[rank * self.batch_size:(rank + 1) * self.batch_size]
+        cam = torch.searchsorted(self.offsets, gidx, right=True) - 1
+        local = gidx - self.offsets[cam]
+        w = frames.hw[cam, 1]
+        py, px = local // w, local % w
+        rays_o, rays_d = self.data.rays(frames, cam, px, py)
+        out = {"rays_o": rays_o, "rays_d": rays_d, "cam": cam, "px": px, "py": py}
+        if self.pixels is not None:
+            out["rgb"] = self.pixels[gidx]
+        return out
+
+
+class ImageRays(Dataset):
+    """One item per image: all its rays (rendered in chunks by the module) and, if known, pixels."""
+
+    def __init__(self, data: SceneData, frames: Frames, max_images: int | None = None) -> None:
+        self.data, self.frames = data, frames
+        n = len(frames)
+        self.n = n if not max_images else min(n, max_images)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        rays_o, rays_d = self.data.image_rays(self.frames, i)
+        out = {"rays_o": rays_o, "rays_d": rays_d, "hw": self.frames.hw[i], "index": i}
+        if self.frames.images is not None:
+            out["rgb"] = self.frames.images[i].reshape(-1, 3)
+        return out
+
+
+class RayDataModule(pl.LightningDataModule):
+    def __init__(self, loader: Callable[[], SceneData], batch_size: int = 1024,
+                 steps_per_epoch: int = 500, seed: int = 0, val_images: int = 2) -> None:
+        super().__init__()
+        for key, val in (("data.batch_size", batch_size),
+                         ("data.steps_per_epoch", steps_per_epoch)):
+            if int(val) < 1:
+                raise ConfigError(key, f"must be >= 1, got {val}", "use a positive integer")
+        self.loader, self.batch_size, self.steps = loader, batch_size, steps_per_epoch
+        self.seed, self.val_images = seed, val_images
+        self.data: SceneData | None = None
+        self.train_frames: Frames | None = None  # replaced by view-level active learning
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = self.loader()
+            self.train_frames = self.data.train
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def _train_frames(self) -> Frames:
+        return self.train_frames
+
+    def train_dataloader(self) -> DataLoader:
+        ds = TrainRays(self.data, self.batch_size, self.steps, self.seed, self._epoch,
+                       self._train_frames)
+        return DataLoader(ds, batch_size=None, shuffle=False, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(ImageRays(self.data, self.data.val, self.val_images), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(ImageRays(self.data, self.data.test), batch_size=None)

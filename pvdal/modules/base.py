@@ -1,0 +1,147 @@
+"""What every pvdal LightningModule shares: the trained field's optimizer and hooks, occupancy
+updates, whole-image evaluation and the self-describing checkpoint metadata."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from pvdal import metrics
+from pvdal.fields.base import RadianceField
+from pvdal.io.atomic import atomic_write_bytes
+from pvdal.io.checkpoint import KEY, field_metadata
+from pvdal.render.march import default_step_size
+from pvdal.render.occupancy import OccupancyGrid
+from pvdal.render.renderer import render_chunked
+from pvdal.render.scene import SceneSpec
+
+
+def as_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
+def png_bytes(img: Tensor) -> bytes:
+    import imageio.v3 as iio
+
+    arr = (img.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return iio.imwrite("<bytes>", arr, extension=".png")
+
+
+class RadianceModule(pl.LightningModule):
+    """Base: ``self.field`` (trained), ``self.grid`` (its occupancy grid), render settings."""
+
+    field: RadianceField
+    grid: OccupancyGrid
+
+    def __init__(self, arch: DictConfig | dict, render: dict, grid: dict, scene: dict,
+                 background: list[float], output_dir: str | None = None,
+                 schedule_steps: int = 10000, data_cfg: dict | None = None) -> None:
+        super().__init__()
+        self.data_cfg = as_dict(data_cfg) if data_cfg is not None else None
+        self.arch = as_dict(arch)
+        self.render_cfg = as_dict(render)
+        self.grid_cfg = as_dict(grid)
+        self.scene = SceneSpec(**as_dict(scene))
+        self.register_buffer("background", torch.tensor(background, dtype=torch.float32),
+                             persistent=False)
+        self.output_dir = output_dir
+        self.schedule_steps = max(1, int(schedule_steps))
+        self.n_samples = int(self.render_cfg["n_samples"])
+        self.step_size = default_step_size(self.n_samples)
+        self._test_rows: list[dict] = []
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = self.field.param_groups()
+        lr = self.arch["lr"]
+        params = [{"params": p, "lr": float(lr[name]), "name": name}
+                  for name, p in groups.items() if p]
+        params += self.extra_param_groups()
+        opt = instantiate(self.arch["optimizer"])(params)
+        decay = float(self.arch.get("lr_decay", 1.0))
+        total = self.schedule_steps
+
+        def factor(_: int) -> float:
+            return decay ** min(1.0, self.global_step / total)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def extra_param_groups(self) -> list[dict]:
+        """Trainable parameters outside the field (e.g. distillation's feature projection)."""
+        return []
+
+    def field_hooks(self) -> None:
+        """Field-specific schedule (upsampling, pruning) and occupancy update, before a step."""
+        step = self.global_step
+        if self.field.on_step(step, self.grid):
+            self.trainer.strategy.setup_optimizers(self.trainer)
+        if self.grid.should_update(step):
+            self.grid.update(step, self.field.density, self.step_size)
+            self.log("train/occupancy", self.grid.occupancy_fraction())
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def render_image(self, field: RadianceField, grid: OccupancyGrid, batch: dict) -> dict:
+        h, w = (int(v) for v in batch["hw"])
+        out = render_chunked(field, batch["rays_o"], batch["rays_d"], self.scene, grid,
+                             self.n_samples, self.background,
+                             int(self.render_cfg.get("chunk", 4096)))
+        return {"rgb": out["rgb"].view(h, w, 3), "depth": out["depth"].view(h, w),
+                "opacity": out["opacity"].view(h, w)}
+
+    def image_metrics(self, pred: Tensor, gt: Tensor) -> dict[str, float]:
+        return {"psnr": float(metrics.psnr(pred, gt)), "ssim": float(metrics.ssim(pred, gt))}
+
+    def save_image(self, rel: str, img: Tensor) -> None:
+        if self.output_dir and self.trainer.is_global_zero:
+            atomic_write_bytes(Path(self.output_dir) / rel, png_bytes(img))
+
+    def timed_render(self, field, grid, batch) -> tuple[dict, float]:
+        t0 = time.perf_counter()
+        out = self.render_image(field, grid, batch)
+        return out, time.perf_counter() - t0
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.field.parameters())
+
+    def size_mb(self) -> float:
+        n = sum(t.numel() * t.element_size() for t in self.field.state_dict().values())
+        return n / 2**20
+
+    def summarize_test(self) -> dict:
+        """Mean test metrics of ``self._test_rows`` (psnr/ssim only where ground truth exists)."""
+        rows = self._test_rows
+        out: dict = {k: float(np.mean([r[k] for r in rows]))
+                     for k in ("psnr", "ssim") if rows and all(k in r for r in rows)}
+        lp = [r.get("lpips") for r in rows]
+        out["lpips"] = float(np.mean(lp)) if lp and all(v is not None for v in lp) else None
+        t = sum(r["time"] for r in rows)
+        out["fps"] = len(rows) / t if t > 0 else None
+        out["num_params"] = self.num_params()
+        out["size_mb"] = self.size_mb()
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}
+
+    # --- checkpoint ---------------------------------------------------------------------------
+    def checkpoint_prefixes(self) -> tuple[str, str]:
+        return "field.", "grid."
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        prefix, gprefix = self.checkpoint_prefixes()
+        checkpoint[KEY] = field_metadata(self.arch, self.field, self.grid, self.grid_cfg,
+                                         self.scene, self.background.tolist(), self.n_samples,
+                                         prefix, gprefix)
+        checkpoint[KEY]["data"] = self.data_cfg
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get(KEY, {})
+        self.field.prepare_load(meta.get("field_extra", {}))

@@ -1,0 +1,226 @@
+"""Progressive volume distillation: a frozen teacher field trains a student field.
+
+The student reuses the teacher's samples (positions, directions, intervals from the teacher's
+occupancy grid), so both see the same volume. The teacher is kept outside the module's
+submodules: it is never saved in the student's checkpoint (its path and hash are), never
+optimised, and runs under ``no_grad`` in eval mode.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from pvdal.distill.losses import clamp_raw, match_loss, per_ray_error, psnr_from_mse
+from pvdal.distill.stages import StageSchedule
+from pvdal.fields.activation import activate_density
+from pvdal.io.checkpoint import LoadedField
+from pvdal.modules.base import RadianceModule, as_dict
+from pvdal.render.march import Samples, march_rays
+from pvdal.render.occupancy import OccupancyGrid
+from pvdal.render.renderer import RenderOutput
+from pvdal.render.volrend import composite, render_weights
+
+log = logging.getLogger("pvdal")
+
+
+class DistillModule(RadianceModule):
+    def __init__(self, teacher: LoadedField, student_arch, distill, render, grid,
+                 output_dir: str | None = None, schedule_steps: int = 10000, data_cfg=None,
+                 al_levels: dict | None = None) -> None:
+        distill = as_dict(distill)
+        student_arch = as_dict(student_arch)
+        clamp = distill.get("density_clamp")
+        self.clamp = tuple(clamp) if clamp is not None else None
+        student_arch["field"]["density_clamp"] = list(self.clamp) if self.clamp else None
+        render = {**as_dict(render), "n_samples": teacher.n_samples}
+        super().__init__(student_arch, render, grid, teacher.scene.as_dict(),
+                         teacher.background.tolist(), output_dir, schedule_steps, data_cfg)
+        self.save_hyperparameters({"teacher_path": teacher.path, "teacher_sha256": teacher.sha256,
+                                   "teacher_arch": teacher.arch, "student_arch": student_arch,
+                                   "distill": distill})
+        self.cfg = distill
+        self.field = instantiate(student_arch["field"], _convert_="all")
+        self.grid = OccupancyGrid(**self.grid_cfg)
+        if self.grid.resolution == teacher.grid.resolution:  # start from the teacher's volume
+            self.grid.load_state_dict(teacher.grid.state_dict())
+        teacher.field.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher  # plain attribute: not a submodule, not saved
+        t_field = teacher.field
+        skip = not (t_field.feature_dim and self.field.feature_dim
+                    and t_field.has_color_feature and self.field.has_color_feature)
+        self.proj = (None if skip or t_field.feature_dim == self.field.feature_dim else
+                     nn.Linear(self.field.feature_dim, t_field.feature_dim))
+        st = distill["stages"]
+        self.schedule = StageSchedule.from_config(st["feat_end"], st["point_end"],
+                                                  self.schedule_steps, skip)
+        if skip:
+            log.info("distill: plenoxels on one side has no intermediate feature; stage 1 "
+                     "(feature loss) is skipped")
+        self.al = al_levels or {}
+        for name, level in self.al.items():
+            if isinstance(level, nn.Module):
+                self.add_module(f"al_{name}", level)
+        self._teacher_val: dict[int, Tensor] = {}
+
+    teacher: LoadedField
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def extra_param_groups(self) -> list[dict]:
+        if self.proj is None:
+            return []
+        return [{"params": list(self.proj.parameters()), "lr": float(self.arch["lr"]["decoder"]),
+                 "name": "projection"}]
+
+    def _teacher_to_device(self) -> None:
+        self.teacher.field.to(self.device)
+        self.teacher.grid.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._teacher_to_device()
+
+    def on_validation_start(self) -> None:
+        self._teacher_to_device()
+
+    def on_test_start(self) -> None:
+        self._teacher_to_device()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.field_hooks()
+
+    # --- one step -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_pass(self, rays_o: Tensor, rays_d: Tensor) -> tuple[Samples, RenderOutput]:
+        T = self.teacher
+        samples = march_rays(rays_o, rays_d, T.scene, T.grid, T.n_samples, perturb=True)
+        feat = T.field.features(samples.positions)
+        out = T.field.decode(feat, samples.dirs)
+        out.sigma_raw = clamp_raw(out.sigma_raw, self.clamp)
+        sig = activate_density(out.sigma_raw)
+        w, _ = render_weights(samples.scatter(sig), samples.deltas)
+        res = composite(w, samples.scatter(out.rgb), samples.t_mid, self.background)
+        return samples, RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out,
+                                     feat, sig)
+
+    def training_step(self, batch, batch_idx):
+        step, w = self.global_step, self.cfg["weights"]
+        stage = self.schedule.stage(step)
+        kind = self.cfg.get("loss_type", "mse")
+        rays_o, rays_d = batch["rays_o"], batch["rays_d"]
+        ray_al = self.al.get("ray")
+        if ray_al is not None:
+            rays_o, rays_d = ray_al.augment(rays_o, rays_d)
+        samples, t = self.teacher_pass(rays_o, rays_d)
+        s_feat = self.field.features(samples.positions)
+        point_mask = None
+        losses: dict[str, Tensor] = {}
+        if not self.schedule.skip_features:
+            proj = self.proj(s_feat) if self.proj is not None else s_feat
+            decay = float(self.cfg.get("feat_decay", 1.0)) ** step
+            losses["feat"] = match_loss(proj, t.features, kind) * float(w["feat"]) * decay
+        s_rgb = None
+        if stage >= 2:
+            s_out = self.field.decode(s_feat, samples.dirs)
+            s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
+            if stage == 3:
+                s_w, _ = render_weights(samples.scatter(activate_density(s_raw)), samples.deltas)
+                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid,
+                                  self.background)["rgb"]
+                point_al = self.al.get("point")
+                if point_al is not None:
+                    point_mask = point_al.select(t.weights, s_w.detach(), samples)
+                    self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
+                losses["rgb"] = match_loss(s_rgb, t.rgb, "mse") * float(w["rgb"])
+            losses["sigma"] = match_loss(s_raw, t.field.sigma_raw, kind, point_mask) * float(
+                w["sigma"])
+            both_feat = s_out.color_feat is not None and t.field.color_feat is not None
+            s_c, t_c = ((s_out.color_feat, t.field.color_feat) if both_feat
+                        else (s_out.rgb, t.field.rgb))
+            losses["color"] = match_loss(s_c, t_c, kind, point_mask) * float(w["color"])
+            if "feat" in losses and point_mask is not None:
+                losses["feat"] = match_loss(proj, t.features, kind, point_mask) * float(
+                    w["feat"]) * decay
+        loss = sum(losses.values())
+        reg = self.field.regularizer(samples.positions)
+        if reg is not None:
+            loss = loss + reg
+            losses["reg"] = reg
+        n = rays_o.shape[0]
+        for k, v in losses.items():
+            self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
+        self.log("distill/stage", float(stage), batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        if s_rgb is not None:
+            err = per_ray_error(s_rgb.detach(), t.rgb)
+            mse = (s_rgb.detach() - t.rgb).square().mean()
+            self.log("train/psnr", psnr_from_mse(mse), prog_bar=True, batch_size=n)
+            if ray_al is not None:
+                ray_al.observe(rays_o, rays_d, err)
+            view_al = self.al.get("view")
+            if view_al is not None and "cam" in batch:
+                m = batch["cam"].shape[0]
+                view_al.observe(batch["cam"], (s_rgb[:m].detach() - t.rgb[:m]).square().mean(-1))
+        return loss
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _teacher_image(self, batch, cache: bool) -> tuple[dict, float]:
+        idx = int(batch["index"])
+        if cache and idx in self._teacher_val:
+            return self._teacher_val[idx], 0.0
+        out, dt = self.timed_render(self.teacher.field, self.teacher.grid, batch)
+        if cache:
+            self._teacher_val[idx] = out
+        return out, dt
+
+    def validation_step(self, batch, batch_idx):
+        s = self.render_image(self.field, self.grid, batch)
+        t, _ = self._teacher_image(batch, cache=True)
+        self.log("val/psnr_vs_teacher", self.image_metrics(s["rgb"], t["rgb"])["psnr"],
+                 sync_dist=True, batch_size=1, prog_bar=True)
+        panel = [t["rgb"], s["rgb"]]
+        if "rgb" in batch:
+            gt = batch["rgb"].view_as(s["rgb"])
+            m = self.image_metrics(s["rgb"], gt)
+            self.log("val/psnr", m["psnr"], sync_dist=True, batch_size=1, prog_bar=True)
+            self.log("val/ssim", m["ssim"], sync_dist=True, batch_size=1)
+            panel.insert(0, gt)
+        if batch_idx == 0:
+            self.save_image(f"val/step{self.global_step:06d}.png", torch.cat(panel, dim=1))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows, self._teacher_rows = [], []
+
+    def test_step(self, batch, batch_idx):
+        from pvdal import metrics
+
+        s, dt_s = self.timed_render(self.field, self.grid, batch)
+        t, dt_t = self._teacher_image(batch, cache=False)
+        row_s = {"time": dt_s, "vs_teacher": self.image_metrics(s["rgb"], t["rgb"])["psnr"]}
+        row_t = {"time": dt_t}
+        if "rgb" in batch:
+            gt = batch["rgb"].view_as(s["rgb"])
+            row_s.update(self.image_metrics(s["rgb"], gt), lpips=metrics.lpips(s["rgb"], gt))
+            row_t.update(self.image_metrics(t["rgb"], gt), lpips=metrics.lpips(t["rgb"], gt))
+            self.log("test/psnr", row_s["psnr"], sync_dist=True, batch_size=1)
+            self.log("test/teacher_psnr", row_t["psnr"], sync_dist=True, batch_size=1)
+        self.log("test/psnr_vs_teacher", row_s["vs_teacher"], sync_dist=True, batch_size=1)
+        self._test_rows.append(row_s)
+        self._teacher_rows.append(row_t)
+        self.save_image(f"test_images/{int(batch['index']):03d}.png", s["rgb"])
+
+    def summarize_distill(self) -> dict:
+        import numpy as np
+
+        student = self.summarize_test()
+        rows, self._test_rows = self._test_rows, self._teacher_rows
+        teacher = self.summarize_test()
+        self._test_rows = rows
+        T = self.teacher.field
+        teacher["num_params"] = sum(p.numel() for p in T.parameters())
+        teacher["size_mb"] = sum(v.numel() * v.element_size()
+                                 for v in T.state_dict().values()) / 2**20
+        vs = float(np.mean([r["vs_teacher"] for r in rows])) if rows else None
+        return {"student": student, "teacher": teacher, "student_vs_teacher_psnr": vs}

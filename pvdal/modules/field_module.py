@@ -1,0 +1,63 @@
+"""Train any RadianceField from images (``train.py``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from pvdal import metrics
+from pvdal.modules.base import RadianceModule
+from pvdal.render.occupancy import OccupancyGrid
+from pvdal.render.renderer import render_rays
+
+
+class FieldModule(RadianceModule):
+    def __init__(self, arch, render, grid, scene, background, output_dir=None,
+                 schedule_steps: int = 10000, data_cfg=None) -> None:
+        super().__init__(arch, render, grid, scene, background, output_dir, schedule_steps,
+                         data_cfg)
+        self.save_hyperparameters()
+        self.field = instantiate(self.arch["field"], _convert_="all")
+        self.grid = OccupancyGrid(**self.grid_cfg)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.field_hooks()
+
+    def training_step(self, batch, batch_idx):
+        out = render_rays(self.field, batch["rays_o"], batch["rays_d"], self.scene, self.grid,
+                          self.n_samples, self.background, perturb=True)
+        mse = F.mse_loss(out.rgb, batch["rgb"])
+        loss = mse
+        reg = self.field.regularizer(out.samples.positions)
+        if reg is not None:
+            loss = loss + reg
+            self.log("train/reg", reg.detach())
+        n = batch["rays_o"].shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/psnr", -10 * torch.log10(mse.detach()), prog_bar=True, batch_size=n)
+        self.log("train/samples_per_ray", out.samples.positions.shape[0] / n, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self.render_image(self.field, self.grid, batch)
+        gt = batch["rgb"].view_as(out["rgb"])
+        m = self.image_metrics(out["rgb"], gt)
+        self.log("val/psnr", m["psnr"], sync_dist=True, batch_size=1, prog_bar=True)
+        self.log("val/ssim", m["ssim"], sync_dist=True, batch_size=1)
+        if batch_idx == 0:
+            self.save_image(f"val/step{self.global_step:06d}.png",
+                            torch.cat([gt, out["rgb"]], dim=1))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def test_step(self, batch, batch_idx):
+        out, dt = self.timed_render(self.field, self.grid, batch)
+        gt = batch["rgb"].view_as(out["rgb"])
+        m = self.image_metrics(out["rgb"], gt)
+        m["lpips"] = metrics.lpips(out["rgb"], gt)
+        self._test_rows.append({**m, "time": dt})
+        self.log("test/psnr", m["psnr"], sync_dist=True, batch_size=1)
+        self.log("test/ssim", m["ssim"], sync_dist=True, batch_size=1)
+        self.save_image(f"test_images/{int(batch['index']):03d}.png", out["rgb"])

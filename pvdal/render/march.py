@@ -1,0 +1,109 @@
+"""Ray marching: candidate samples along each ray, empty space skipped with the occupancy grid.
+
+Bounded scenes use a fixed step (``step_size``) inside the unit box, as instant-ngp does, so a
+sample's opacity means the same everywhere. Unbounded scenes spend half the samples linearly in
+the inner box and half uniformly in disparity out to ``far``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pvdal.render.occupancy import OccupancyGrid
+from pvdal.render.rays import ray_aabb_intersect
+from pvdal.render.scene import SceneSpec, unit_aabb
+
+
+@dataclass
+class Samples:
+    """Samples of a ray batch; kept samples are ``mask`` in the dense [n_rays, n_samples] layout."""
+
+    mask: Tensor  # [n_rays, S] bool, sample evaluated
+    t_starts: Tensor  # [n_rays, S]
+    t_ends: Tensor  # [n_rays, S]
+    positions: Tensor  # [M, 3] field coordinates of kept samples (in [-1, 1]^3)
+    dirs: Tensor  # [M, 3] unit view directions of kept samples
+    ray_indices: Tensor  # [M] ray of each kept sample
+
+    @property
+    def n_rays(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def t_mid(self) -> Tensor:
+        return 0.5 * (self.t_starts + self.t_ends)
+
+    @property
+    def deltas(self) -> Tensor:
+        return self.t_ends - self.t_starts
+
+    def scatter(self, values: Tensor, fill: float = 0.0) -> Tensor:
+        """Packed [M, ...] -> dense [n_rays, S, ...] with ``fill`` at skipped samples."""
+        out = values.new_full((*self.mask.shape, *values.shape[1:]), fill)
+        return out.index_put((*torch.nonzero(self.mask, as_tuple=True),), values)
+
+    def select(self, ray_ids: Tensor) -> Samples:
+        """The samples of a subset of rays (used by active learning)."""
+        keep = torch.zeros(self.n_rays, dtype=torch.bool, device=self.mask.device)
+        keep[ray_ids] = True
+        pk = keep[self.ray_indices]
+        remap = torch.full((self.n_rays,), -1, dtype=torch.long, device=self.mask.device)
+        remap[ray_ids] = torch.arange(len(ray_ids), device=self.mask.device)
+        return Samples(self.mask[ray_ids], self.t_starts[ray_ids], self.t_ends[ray_ids],
+                       self.positions[pk], self.dirs[pk], remap[self.ray_indices[pk]])
+
+
+def default_step_size(n_samples: int) -> float:
+    """Step that crosses the unit box's diagonal in ``n_samples`` steps."""
+    return 2.0 * math.sqrt(3.0) / n_samples
+
+
+def sample_t(
+    rays_o: Tensor, rays_d: Tensor, scene: SceneSpec, n_samples: int, perturb: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Candidate intervals. Returns t_starts, t_ends [n_rays, S] and valid [n_rays, S]."""
+    n = rays_o.shape[0]
+    dev = rays_o.device
+    t_near, t_far = ray_aabb_intersect(rays_o, rays_d, unit_aabb(dev))
+    t_near = t_near.clamp_min(scene.near)
+    u = torch.rand(n, 1, device=dev) if perturb else torch.full((n, 1), 0.5, device=dev)
+    if not scene.contraction:
+        step = default_step_size(n_samples)
+        edges = t_near[:, None] + (torch.arange(n_samples + 1, device=dev) + u - 0.5) * step
+        edges = torch.maximum(edges, t_near[:, None])
+        t_starts, t_ends = edges[:, :-1], edges[:, 1:]
+        valid = (t_starts < t_far[:, None]) & (t_far > t_near)[:, None]
+        return t_starts, torch.minimum(t_ends, t_far[:, None].clamp_min(0)), valid
+    n_in = n_samples // 2
+    t_box = torch.maximum(t_far, t_near + 1e-3)  # where the ray leaves the inner box
+    s = (torch.arange(n_samples + 1, device=dev) + u - 0.5).clamp(0, n_samples) / n_samples
+    lin = t_near[:, None] + (t_box - t_near)[:, None] * (s * n_samples / n_in).clamp(max=1.0)
+    s_out = ((s * n_samples - n_in) / (n_samples - n_in)).clamp(0.0, 1.0)
+    disp = 1.0 / (1.0 / t_box[:, None] * (1 - s_out) + 1.0 / scene.far * s_out)
+    edges = torch.where(s * n_samples <= n_in, lin, disp)
+    t_starts, t_ends = edges[:, :-1], edges[:, 1:]
+    return t_starts, t_ends, t_ends > t_starts
+
+
+def march_rays(
+    rays_o: Tensor,  # [n_rays, 3]
+    rays_d: Tensor,  # [n_rays, 3] unit
+    scene: SceneSpec,
+    grid: OccupancyGrid | None,
+    n_samples: int,
+    perturb: bool = False,
+) -> Samples:
+    """Sample every ray and keep the samples that fall in occupied cells."""
+    t_starts, t_ends, valid = sample_t(rays_o, rays_d, scene, n_samples, perturb)
+    t_mid = 0.5 * (t_starts + t_ends)
+    x = scene.to_field(rays_o[:, None, :] + t_mid[..., None] * rays_d[:, None, :])
+    mask = valid & (x.abs() <= 1.0).all(dim=-1)
+    if grid is not None:
+        mask = mask & grid.occupied(x)
+    ray_indices, sample_ids = torch.nonzero(mask, as_tuple=True)
+    return Samples(mask, t_starts, t_ends, x[ray_indices, sample_ids],
+                   rays_d[ray_indices], ray_indices)

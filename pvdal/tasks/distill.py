@@ -1,0 +1,59 @@
+"""``distill.py``: convert a teacher field into a student architecture, test both."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from pvdal.distill.teacher import resolve_teacher
+from pvdal.io.atomic import atomic_write_json
+from pvdal.modules.distill_module import DistillModule
+from pvdal.tasks.common import check_ranges, output_dir
+from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
+
+log = logging.getLogger("pvdal")
+
+DISTILL_RANGES = {
+    "distill.weights.feat": (0.0, None),
+    "distill.weights.sigma": (0.0, None),
+    "distill.weights.color": (0.0, None),
+    "distill.weights.rgb": (0.0, None),
+    "distill.feat_decay": (0.0, 1.0),
+    "teacher_train.max_steps": (-1, None),
+}
+
+
+def build_al(cfg: DictConfig, dm, teacher) -> tuple[dict, list]:
+    """Active-learning levels enabled in ``cfg.al`` -> ({name: level}, callbacks)."""
+    try:
+        from pvdal.al import build_levels
+    except ImportError:
+        return {}, []
+    return build_levels(cfg.al, dm, teacher, cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    check_ranges(cfg, DISTILL_RANGES)
+    pl.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    dm = build_datamodule(cfg)
+    teacher = resolve_teacher(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    levels, callbacks = build_al(cfg, dm, teacher)
+    module = DistillModule(teacher, cfg.student, cfg.distill, cfg.render, cfg.grid, str(out),
+                           schedule_steps(cfg), cfg.data, levels)
+    log.info("distill: %s -> %s (al: %s) into %s", teacher.arch["name"], cfg.student.name,
+             ",".join(levels) or "none", out)
+    trainer, train_time = fit_and_test(cfg, module, dm, callbacks)
+    result = {**module.summarize_distill(), "train_time_s": train_time,
+              "steps": int(trainer.global_step), "teacher_ckpt": teacher.path,
+              "pair": f"{teacher.arch['name']}2{cfg.student.name}"}
+    if trainer.is_global_zero:
+        atomic_write_json(Path(out) / "metrics.json", result)
+        s = result["student"]
+        log.info("student psnr %s dB, vs teacher %.2f dB; wrote %s", s.get("psnr"),
+                 result["student_vs_teacher_psnr"] or float("nan"), Path(out) / "metrics.json")
+    return result

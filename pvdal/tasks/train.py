@@ -1,0 +1,65 @@
+"""``train.py``: train one architecture from images, test it, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from pvdal.data.datamodule import RayDataModule
+from pvdal.io.atomic import atomic_write_json
+from pvdal.modules.field_module import FieldModule
+from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path
+from pvdal.utils.instantiate import build_trainer
+
+log = logging.getLogger("pvdal")
+
+
+def build_datamodule(cfg: DictConfig) -> RayDataModule:
+    dm = RayDataModule(instantiate(cfg.data.loader, _partial_=True), cfg.data.batch_size,
+                       cfg.data.steps_per_epoch, cfg.seed, cfg.data.get("val_images", 2))
+    dm.setup()
+    return dm
+
+
+def schedule_steps(cfg: DictConfig) -> int:
+    steps = int(cfg.trainer.get("max_steps") or -1)
+    return steps if steps > 0 else 10000
+
+
+def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
+                 extra_callbacks: list | None = None) -> tuple[pl.Trainer, float]:
+    """Fit (resuming when ckpt_path is set), save last.ckpt, test. Returns trainer, train time."""
+    ckpt = resolve_ckpt_path(cfg)
+    out = output_dir(cfg)
+    trainer = build_trainer(cfg, extra_callbacks)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    train_time = time.perf_counter() - t0
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    trainer.test(module, datamodule=dm, verbose=False)
+    return trainer, train_time
+
+
+def run(cfg: DictConfig) -> dict:
+    check_ranges(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    out = output_dir(cfg)
+    dm = build_datamodule(cfg)
+    data = dm.data
+    module = FieldModule(cfg.arch, cfg.render, cfg.grid, data.scene.as_dict(),
+                         list(data.background), str(out), schedule_steps(cfg), cfg.data)
+    log.info("training %s on %s (%d train / %d test views) into %s", cfg.arch.name,
+             cfg.data.name, len(data.train), len(data.test), out)
+    trainer, train_time = fit_and_test(cfg, module, dm)
+    result = {**module.summarize_test(), "train_time_s": train_time,
+              "steps": int(trainer.global_step)}
+    if trainer.is_global_zero:
+        atomic_write_json(Path(out) / "metrics.json", result)
+        log.info("test psnr %.2f dB, ssim %.3f; wrote %s", result.get("psnr", float("nan")),
+                 result.get("ssim", float("nan")), Path(out) / "metrics.json")
+    return result

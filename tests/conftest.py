@@ -1,0 +1,58 @@
+"""Shared fixtures: Hydra compose helpers, one tiny scene and one tiny trained model per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+# sizes that make every run a few seconds on 2 cores
+TINY_DATA = ["data.loader.resolution=16", "data.loader.n_train=8", "data.loader.n_val=1",
+             "data.loader.n_test=2", "data.batch_size=128", "data.steps_per_epoch=4",
+             "data.val_images=1"]
+TINY_RUN = ["trainer.max_steps=8", "trainer.max_time=null", "trainer.log_every_n_steps=1",
+            "render.n_samples=48", "grid.resolution=16", "grid.update_every=4",
+            "grid.warmup_steps=4", "callbacks.rich_progress_bar=null",
+            "trainer.enable_progress_bar=false"]
+TINY_ARCH = {
+    "ngp": ["arch.field.n_levels=4", "arch.field.log2_hashmap_size=12",
+            "arch.field.max_resolution=64", "arch.field.hidden_dim=16",
+            "arch.field.color_hidden_dim=16"],
+}
+
+
+def compose_cfg(
+    config_name: str, out_dir: Path, data_dir: Path, overrides: list[str]
+) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.data_dir = str(data_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One cache folder for generated scenes, shared by every test."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, data_dir):
+    def make(config_name: str = "train", overrides: list[str] | None = None,
+             arch: str = "ngp") -> DictConfig:
+        ov = [f"arch={arch}"] if config_name == "train" else []
+        ov += TINY_DATA + TINY_RUN + TINY_ARCH.get(arch, []) + list(overrides or [])
+        return compose_cfg(config_name, tmp_path / "run", data_dir, ov)
+
+    return make
