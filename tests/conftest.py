@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
@@ -32,12 +33,16 @@ TINY_ARCH = {
 def compose_cfg(
     config_name: str, out_dir: Path, data_dir: Path, overrides: list[str]
 ) -> DictConfig:
+    """Compose like the CLI would (HydraConfig set, so tasks can read the overrides)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         cfg.paths.data_dir = str(data_dir)
+        cfg.paths.log_dir = str(out_dir.parent / "logs")
+        del cfg["hydra"]
     return cfg
 
 
@@ -54,5 +59,38 @@ def tiny_cfg(tmp_path, data_dir):
         ov = [f"arch={arch}"] if config_name == "train" else []
         ov += TINY_DATA + TINY_RUN + TINY_ARCH.get(arch, []) + list(overrides or [])
         return compose_cfg(config_name, tmp_path / "run", data_dir, ov)
+
+    return make
+
+
+def tiny_arch(role: str, arch: str) -> list[str]:
+    """Tiny-size overrides for ``arch`` used as ``role`` (arch | teacher | student)."""
+    return [o.replace("arch.", f"{role}.", 1) for o in TINY_ARCH.get(arch, [])]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, data_dir) -> Path:
+    """ONE tiny trained NGP teacher for every distillation test: its last.ckpt path."""
+    from pvdal.tasks import train
+
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = compose_cfg("train", out / "run", data_dir,
+                      ["arch=ngp", *TINY_DATA, *TINY_RUN, *TINY_ARCH["ngp"],
+                       "trainer.max_steps=30"])
+    train.run(cfg)
+    return out / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def distill_cfg(tmp_path, data_dir, tiny_teacher):
+    """Compose conf/distill.yaml with tiny sizes and the shared tiny teacher."""
+
+    def make(student: str = "ngp", overrides: list[str] | None = None,
+             teacher_ckpt: bool = True) -> DictConfig:
+        ov = [f"student={student}", *TINY_DATA, *TINY_RUN, *tiny_arch("student", student),
+              *tiny_arch("teacher", "ngp")]
+        if teacher_ckpt:
+            ov.append(f"teacher.ckpt={tiny_teacher}")
+        return compose_cfg("distill", tmp_path / "run", data_dir, ov + list(overrides or []))
 
     return make

@@ -70,7 +70,7 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets[:-1]), persistent=False)
         self.register_buffer("sizes", torch.tensor(np.diff(offsets)), persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
-        self.register_buffer("primes", torch.tensor(PRIMES, dtype=torch.int64), persistent=False)
+        self.n_dense = sum(dense)  # dense levels come first (resolution grows with the level)
 
     def _tcnn_config(self) -> dict:
         return {
@@ -93,19 +93,26 @@ class HashGridEncoding(nn.Module):
         pos = u[:, None, :] * self.scales[None, :, None] + 0.5  # [M, L, 3]
         p0 = pos.floor()
         frac = pos - p0
-        p0 = p0.long()
+        # int64 indices while training (int32 slows the backward), int32 for inference
+        p0 = p0.to(torch.int64 if torch.is_grad_enabled() else torch.int32)
         corner = torch.stack([p0, p0 + 1], dim=-1)  # [M, L, 3, 2]
         w = torch.stack([1.0 - frac, frac], dim=-1)  # [M, L, 3, 2]
-        cx, cy, cz = corner.unbind(2)  # each [M, L, 2]
+        k = self.n_dense
+        parts = []
+        if k:  # dense levels (first k): x + y*res + z*res^2, no collisions
+            cx, cy, cz = corner[:, :k].unbind(2)
+            res = self.res[:k].view(1, k, 1, 1, 1).to(p0.dtype)
+            parts.append(cx[..., :, None, None] + cy[..., None, :, None] * res
+                         + cz[..., None, None, :] * (res * res))
+        if k < L:  # hashed levels: XOR of prime products, T is a power of two
+            cx, cy, cz = corner[:, k:].unbind(2)
+            T = 2**self.log2_T
+            h = (cx[..., :, None, None] ^ (cy[..., None, :, None] * PRIMES[1])
+                 ^ (cz[..., None, None, :] * PRIMES[2])) & (T - 1)
+            parts.append(h)
+        idx = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [M, L, 2, 2, 2]
+        idx = idx + self.offsets.view(1, L, 1, 1, 1).to(idx.dtype)
         wx, wy, wz = w.unbind(2)
-        # dense index: x + y*res + z*res^2 ; hashed: XOR of prime products mod T
-        res = self.res.view(1, L, 1, 1, 1)
-        dense_idx = (cx[..., :, None, None] + cy[..., None, :, None] * res
-                     + cz[..., None, None, :] * (res * res))
-        hash_idx = (cx[..., :, None, None] * self.primes[0]) ^ (cy[..., None, :, None]
-                    * self.primes[1]) ^ (cz[..., None, None, :] * self.primes[2])
-        idx = torch.where(self.dense.view(1, L, 1, 1, 1), dense_idx, hash_idx)
-        idx = idx % self.sizes.view(1, L, 1, 1, 1) + self.offsets.view(1, L, 1, 1, 1)
         weight = wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]
         feats = self.params.index_select(0, idx.reshape(-1)).view(M, L, 8, self.n_features)
         out = (feats * weight.reshape(M, L, 8, 1)).sum(dim=2)  # [M, L, F]

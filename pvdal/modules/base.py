@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pvdal import metrics
 from pvdal.fields.base import RadianceField
-from pvdal.io.atomic import atomic_write_bytes
+from pvdal.io.atomic import atomic_write_bytes, atomic_write_json
 from pvdal.io.checkpoint import KEY, field_metadata
 from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
@@ -58,6 +58,7 @@ class RadianceModule(pl.LightningModule):
         self.n_samples = int(self.render_cfg["n_samples"])
         self.step_size = default_step_size(self.n_samples)
         self._test_rows: list[dict] = []
+        self.metrics_path: str | None = None  # set by the task; written at test end (rank 0)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -110,6 +111,10 @@ class RadianceModule(pl.LightningModule):
         out = self.render_image(field, grid, batch)
         return out, time.perf_counter() - t0
 
+    @staticmethod
+    def n_rays(batch) -> int:
+        return int(batch["hw"][0]) * int(batch["hw"][1])
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.field.parameters())
 
@@ -126,10 +131,20 @@ class RadianceModule(pl.LightningModule):
         out["lpips"] = float(np.mean(lp)) if lp and all(v is not None for v in lp) else None
         t = sum(r["time"] for r in rows)
         out["fps"] = len(rows) / t if t > 0 else None
+        out["render_rays_per_s"] = sum(r.get("rays", 0) for r in rows) / t if t > 0 else None
         out["num_params"] = self.num_params()
         out["size_mb"] = self.size_mb()
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in out.items()}
+
+    def test_summary(self) -> dict:
+        """What ``metrics.json`` holds; distillation overrides it."""
+        return self.summarize_test()
+
+    def on_test_epoch_end(self) -> None:
+        if self.metrics_path and self.trainer.is_global_zero:
+            result = {**self.test_summary(), "steps": int(self.global_step)}
+            atomic_write_json(self.metrics_path, result)
 
     # --- checkpoint ---------------------------------------------------------------------------
     def checkpoint_prefixes(self) -> tuple[str, str]:

@@ -198,8 +198,10 @@ class DistillModule(RadianceModule):
 
         s, dt_s = self.timed_render(self.field, self.grid, batch)
         t, dt_t = self._teacher_image(batch, cache=False)
-        row_s = {"time": dt_s, "vs_teacher": self.image_metrics(s["rgb"], t["rgb"])["psnr"]}
-        row_t = {"time": dt_t}
+        rays = self.n_rays(batch)
+        row_s = {"time": dt_s, "rays": rays,
+                 "vs_teacher": self.image_metrics(s["rgb"], t["rgb"])["psnr"]}
+        row_t = {"time": dt_t, "rays": rays}
         if "rgb" in batch:
             gt = batch["rgb"].view_as(s["rgb"])
             row_s.update(self.image_metrics(s["rgb"], gt), lpips=metrics.lpips(s["rgb"], gt))
@@ -211,7 +213,7 @@ class DistillModule(RadianceModule):
         self._teacher_rows.append(row_t)
         self.save_image(f"test_images/{int(batch['index']):03d}.png", s["rgb"])
 
-    def summarize_distill(self) -> dict:
+    def test_summary(self) -> dict:
         import numpy as np
 
         student = self.summarize_test()
@@ -223,4 +225,6 @@ class DistillModule(RadianceModule):
         teacher["size_mb"] = sum(v.numel() * v.element_size()
                                  for v in T.state_dict().values()) / 2**20
         vs = float(np.mean([r["vs_teacher"] for r in rows])) if rows else None
-        return {"student": student, "teacher": teacher, "student_vs_teacher_psnr": vs}
+        return {"student": student, "teacher": teacher, "student_vs_teacher_psnr": vs,
+                "teacher_ckpt": self.teacher.path,
+                "pair": f"{self.teacher.arch['name']}2{self.arch['name']}"}

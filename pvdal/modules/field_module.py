@@ -57,7 +57,7 @@ class FieldModule(RadianceModule):
         gt = batch["rgb"].view_as(out["rgb"])
         m = self.image_metrics(out["rgb"], gt)
         m["lpips"] = metrics.lpips(out["rgb"], gt)
-        self._test_rows.append({**m, "time": dt})
+        self._test_rows.append({**m, "time": dt, "rays": self.n_rays(batch)})
         self.log("test/psnr", m["psnr"], sync_dist=True, batch_size=1)
         self.log("test/ssim", m["ssim"], sync_dist=True, batch_size=1)
         self.save_image(f"test_images/{int(batch['index']):03d}.png", out["rgb"])

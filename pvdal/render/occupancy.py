@@ -14,6 +14,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
+def _refresh_after_load(module: OccupancyGrid, _keys) -> None:
+    module.refresh()  # module-level (not a lambda) so the grid pickles for ddp_spawn
+
+
 class OccupancyGrid(nn.Module):
     def __init__(
         self,
@@ -34,7 +38,7 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("density", torch.full((n,), -1.0))  # -1: never evaluated
         self.register_buffer("binary", torch.ones(n, dtype=torch.bool), persistent=False)
         self.register_buffer("step_size", torch.tensor(1.0))  # marching step the EMA refers to
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # --- lookup --------------------------------------------------------------------------
     def cell_index(self, x: Tensor) -> Tensor:

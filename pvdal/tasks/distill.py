@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from pvdal.distill.teacher import resolve_teacher
-from pvdal.io.atomic import atomic_write_json
 from pvdal.modules.distill_module import DistillModule
 from pvdal.tasks.common import check_ranges, output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
@@ -35,7 +34,7 @@ def build_al(cfg: DictConfig, dm, teacher) -> tuple[dict, list]:
     return build_levels(cfg.al, dm, teacher, cfg)
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     check_ranges(cfg, DISTILL_RANGES)
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
@@ -47,13 +46,8 @@ def run(cfg: DictConfig) -> dict:
                            schedule_steps(cfg), cfg.data, levels)
     log.info("distill: %s -> %s (al: %s) into %s", teacher.arch["name"], cfg.student.name,
              ",".join(levels) or "none", out)
-    trainer, train_time = fit_and_test(cfg, module, dm, callbacks)
-    result = {**module.summarize_distill(), "train_time_s": train_time,
-              "steps": int(trainer.global_step), "teacher_ckpt": teacher.path,
-              "pair": f"{teacher.arch['name']}2{cfg.student.name}"}
-    if trainer.is_global_zero:
-        atomic_write_json(Path(out) / "metrics.json", result)
-        s = result["student"]
-        log.info("student psnr %s dB, vs teacher %.2f dB; wrote %s", s.get("psnr"),
-                 result["student_vs_teacher_psnr"] or float("nan"), Path(out) / "metrics.json")
+    callbacks = callbacks + list(extra_callbacks or [])
+    _, _, result = fit_and_test(cfg, module, dm, callbacks)
+    log.info("student psnr %s dB, vs teacher %s dB; wrote %s", result["student"].get("psnr"),
+             result["student_vs_teacher_psnr"], Path(out) / "metrics.json")
     return result

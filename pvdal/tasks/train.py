@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from pvdal.callbacks.save_last import SaveLastCheckpoint
 from pvdal.data.datamodule import RayDataModule
 from pvdal.io.atomic import atomic_write_json
 from pvdal.modules.field_module import FieldModule
@@ -32,20 +34,31 @@ def schedule_steps(cfg: DictConfig) -> int:
 
 
 def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
-                 extra_callbacks: list | None = None) -> tuple[pl.Trainer, float]:
-    """Fit (resuming when ckpt_path is set), save last.ckpt, test. Returns trainer, train time."""
+                 extra_callbacks: list | None = None) -> tuple[pl.Trainer, float, dict]:
+    """Fit (resuming when ckpt_path is set), save last.ckpt, test.
+
+    The module writes ``metrics.json`` from the test process (rank 0; under ``ddp_spawn`` the
+    parent never sees the test rows); this adds the training time and returns the result.
+    """
     ckpt = resolve_ckpt_path(cfg)
     out = output_dir(cfg)
-    trainer = build_trainer(cfg, extra_callbacks)
+    callbacks = [SaveLastCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
+    trainer = build_trainer(cfg, callbacks)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     train_time = time.perf_counter() - t0
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    metrics_path = Path(out) / "metrics.json"
+    module.metrics_path = str(metrics_path)
     trainer.test(module, datamodule=dm, verbose=False)
-    return trainer, train_time
+    result = json.loads(metrics_path.read_text())
+    result["train_time_s"] = train_time
+    if trainer.is_global_zero:
+        atomic_write_json(metrics_path, result)
+    return trainer, train_time, result
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
+    """Train, test, write metrics.json. ``extra_callbacks``: e.g. benchmarks' WallClockEval."""
     check_ranges(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = output_dir(cfg)
@@ -55,11 +68,7 @@ def run(cfg: DictConfig) -> dict:
                          list(data.background), str(out), schedule_steps(cfg), cfg.data)
     log.info("training %s on %s (%d train / %d test views) into %s", cfg.arch.name,
              cfg.data.name, len(data.train), len(data.test), out)
-    trainer, train_time = fit_and_test(cfg, module, dm)
-    result = {**module.summarize_test(), "train_time_s": train_time,
-              "steps": int(trainer.global_step)}
-    if trainer.is_global_zero:
-        atomic_write_json(Path(out) / "metrics.json", result)
-        log.info("test psnr %.2f dB, ssim %.3f; wrote %s", result.get("psnr", float("nan")),
-                 result.get("ssim", float("nan")), Path(out) / "metrics.json")
+    _, _, result = fit_and_test(cfg, module, dm, extra_callbacks)
+    log.info("test psnr %.2f dB, ssim %.3f; wrote %s", result.get("psnr", float("nan")),
+             result.get("ssim", float("nan")), Path(out) / "metrics.json")
     return result

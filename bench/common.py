@@ -1,0 +1,82 @@
+"""Shared benchmark plumbing: compose a config like the CLI, run a task with a wall-clock curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from pvdal.callbacks.wallclock import WallClockEval
+from pvdal.io.atomic import atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def compose_cfg(name: str, out_dir: Path, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+def checkpoints(budget: float, n: int = 10) -> list[float]:
+    return [round(budget * (i + 1) / n, 1) for i in range(n)]
+
+
+def run_curve(task: str, overrides: list[str], out_dir: Path, budget: float,
+              n_points: int = 10, max_images: int | None = None) -> dict:
+    """Run ``train`` or ``distill`` for ``budget`` seconds of training; returns the curve."""
+    from pvdal.tasks import distill, train
+
+    cfg = compose_cfg(task, out_dir, overrides + ["trainer.max_time=null",
+                                                  "trainer.max_steps=100000",
+                                                  "callbacks.rich_progress_bar=null"])
+    cb = WallClockEval(checkpoints(budget, n_points), max_images)
+    t0 = time.perf_counter()
+    result = (train.run if task == "train" else distill.run)(cfg, [cb])
+    return {"curve": cb.rows, "result": result, "wall_s": time.perf_counter() - t0}
+
+
+def time_to_reach(curve: list[dict], target: float) -> float | None:
+    """First wall-clock point whose PSNR reaches ``target`` (linear interpolation)."""
+    prev_t, prev_p = 0.0, None
+    for row in curve:
+        if row["psnr"] >= target:
+            if prev_p is None or row["psnr"] == prev_p:
+                return row["time_s"]
+            frac = (target - prev_p) / (row["psnr"] - prev_p)
+            return prev_t + frac * (row["time_s"] - prev_t)
+        prev_t, prev_p = row["time_s"], row["psnr"]
+    return None
+
+
+def write_results(name: str, rows: list, table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", rows)
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(table)
+
+
+def md_table(rows: list[dict], keys: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, float) else ("—" if v is None else str(v))
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2)

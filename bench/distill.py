@@ -1,0 +1,73 @@
+"""PVD's headline on this machine: distilled student vs the same architecture from scratch.
+
+    python -m bench.distill [--pairs ngp2mlp,ngp2tensorf] [--budget 600] [--teacher-budget 600]
+
+For each pair: train the teacher (or reuse --teacher-ckpt), train the student architecture from
+scratch for --budget seconds, distil the student for the same budget, and record test PSNR
+against training wall-clock for both. Writes bench/results/distill.json: one object per pair with
+pair, teacher_psnr, student_psnr, scratch_psnr, scratch_time_s, student_time_to_scratch_psnr_s,
+speedup, teacher_time_s (+ the curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.common import md_table, run_curve, time_to_reach, write_results
+
+KEYS = ["pair", "teacher_psnr", "student_psnr", "scratch_psnr", "scratch_time_s",
+        "student_time_to_scratch_psnr_s", "speedup", "teacher_time_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pairs", default="ngp2mlp,ngp2tensorf")
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds for student and scratch")
+    ap.add_argument("--teacher-budget", type=float, default=600.0)
+    ap.add_argument("--teacher-ckpt", default=None, help="reuse a train.py checkpoint")
+    ap.add_argument("--points", type=int, default=10)
+    ap.add_argument("--al", default="none")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pvdal-bench-distill-"))
+    teachers: dict[str, tuple[str, float, float]] = {}
+    rows = []
+    for pair in args.pairs.split(","):
+        t_arch, s_arch = pair.split("2")
+        if t_arch not in teachers:
+            if args.teacher_ckpt:
+                import json
+
+                ck = Path(args.teacher_ckpt)
+                m = json.loads((ck.parents[1] / "metrics.json").read_text())
+                teachers[t_arch] = (str(ck), m["psnr"], m["train_time_s"])
+            else:
+                run = run_curve("train", [f"arch={t_arch}", *args.overrides],
+                                work / f"teacher_{t_arch}", args.teacher_budget, 2)
+                ck = work / f"teacher_{t_arch}" / "checkpoints" / "last.ckpt"
+                teachers[t_arch] = (str(ck), run["result"]["psnr"], args.teacher_budget)
+        ckpt, t_psnr, t_time = teachers[t_arch]
+        scratch = run_curve("train", [f"arch={s_arch}", *args.overrides],
+                            work / f"scratch_{pair}", args.budget, args.points)
+        student = run_curve("distill", [f"teacher.ckpt={ckpt}", f"student={s_arch}",
+                                        f"al={args.al}", "distill.stages.feat_end=50",
+                                        "distill.stages.point_end=200", *args.overrides],
+                            work / f"student_{pair}", args.budget, args.points)
+        s_psnr = student["result"]["student"]["psnr"]
+        c_psnr = scratch["result"]["psnr"]
+        reach = time_to_reach(student["curve"], c_psnr)
+        rows.append({"pair": pair, "teacher_psnr": t_psnr, "student_psnr": s_psnr,
+                     "scratch_psnr": c_psnr, "scratch_time_s": args.budget,
+                     "student_time_to_scratch_psnr_s": reach,
+                     "speedup": (args.budget / reach) if reach else None,
+                     "teacher_time_s": t_time,
+                     "student_vs_teacher_psnr": student["result"]["student_vs_teacher_psnr"],
+                     "student_curve": student["curve"], "scratch_curve": scratch["curve"]})
+        write_results("distill", rows, "## Distilled student vs scratch (equal wall-clock)\n\n"
+                      + md_table(rows, KEYS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Distillation: every teacher/student pair, stage switching, density clamp, frozen teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvdal.distill.stages import StageSchedule
+from pvdal.io.checkpoint import load_field
+from pvdal.modules.distill_module import DistillModule
+from pvdal.render.renderer import render_chunked
+from pvdal.tasks import distill, train
+from pvdal.utils.errors import CheckpointError, ConfigError
+from tests.conftest import TINY_ARCH, TINY_DATA, TINY_RUN, compose_cfg
+
+ARCHS = [a for a in ("mlp", "plenoxels", "tensorf", "ngp")
+         if (Path(__file__).parents[1] / "conf" / "arch" / f"{a}.yaml").is_file()]
+
+
+def state_hash(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, data_dir, tiny_teacher):
+    """One tiny trained teacher per architecture (ngp is the shared session teacher)."""
+    out = {"ngp": tiny_teacher}
+    for arch in ARCHS:
+        if arch == "ngp":
+            continue
+        d = tmp_path_factory.mktemp(f"teacher_{arch}")
+        cfg = compose_cfg("train", d / "run", data_dir, [f"arch={arch}", *TINY_DATA, *TINY_RUN,
+                                                          *TINY_ARCH.get(arch, []),
+                                                          "trainer.max_steps=20"])
+        train.run(cfg)
+        out[arch] = d / "run" / "checkpoints" / "last.ckpt"
+    return out
+
+
+def test_stage_schedule_boundaries():
+    s = StageSchedule.from_config(0.1, 0.3, 100)
+    assert [s.stage(i) for i in (0, 9, 10, 29, 30, 99)] == [1, 1, 2, 2, 3, 3]
+    s = StageSchedule.from_config(5, 20, 1000)  # absolute steps
+    assert (s.feat_end, s.point_end) == (5, 20)
+    assert StageSchedule.from_config(0.1, 0.3, 100, skip_features=True).stage(0) == 2
+    with pytest.raises(ConfigError, match="point_end"):
+        StageSchedule.from_config(0.5, 0.2, 100)
+
+
+def _fixed_batch_losses(module: DistillModule, steps: int) -> dict[str, list[float]]:
+    """Run ``steps`` Adam steps on one fixed batch, recording each loss term (unweighted decay)."""
+    torch.manual_seed(0)
+    o = torch.tensor([[0.0, 0.0, 2.8]]).repeat(64, 1)
+    d = torch.nn.functional.normalize(torch.randn(64, 3) * 0.15 + torch.tensor([0, 0, -1.0]),
+                                      dim=-1)
+    params = [p for g in module.field.param_groups().values() for p in g]
+    params += [p for g in module.extra_param_groups() for p in g["params"]]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    logged: dict[str, list[float]] = {}
+    module.log = lambda name, value, **kw: logged.setdefault(name, []).append(float(value))
+    module._teacher_to_device()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = module.training_step({"rays_o": o, "rays_d": d}, 0)
+        loss.backward()
+        opt.step()
+    return logged
+
+
+@pytest.mark.parametrize("student", ARCHS)
+@pytest.mark.parametrize("teacher_arch", ARCHS)
+def test_every_pair_distills(teacher_arch, student, teachers, distill_cfg, tmp_path):
+    teacher_path = teachers[teacher_arch]
+    t_before = state_hash(load_field(teacher_path).field)
+    cfg = distill_cfg(student, [f"teacher.ckpt={teacher_path}", "trainer.max_steps=6",
+                                "distill.stages.feat_end=2", "distill.stages.point_end=4"])
+    result = distill.run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"student", "teacher", "student_vs_teacher_psnr", "train_time_s"}
+    for key in ("psnr", "ssim", "lpips", "fps", "num_params", "size_mb"):
+        assert key in metrics["student"] and key in metrics["teacher"]
+    assert metrics["pair"] == f"{teacher_arch}2{student}" == result["pair"]
+    # the saved student reloads with identical renders; the teacher is not inside it
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith("teacher") for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["teacher_sha256"] == load_field(teacher_path).sha256
+    loaded = load_field(out / "checkpoints" / "last.ckpt")
+    assert loaded.arch["name"] == student
+    from pvdal.tasks.train import build_datamodule
+
+    dm = build_datamodule(cfg)
+    o, d = dm.data.image_rays(dm.data.test, 0)
+    a = render_chunked(loaded.field, o, d, loaded.scene, loaded.grid, loaded.n_samples,
+                       loaded.background)["rgb"]
+    b = render_chunked(loaded.field, o, d, loaded.scene, loaded.grid, loaded.n_samples,
+                       loaded.background)["rgb"]
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    # the teacher stays bit-identical
+    assert state_hash(load_field(teacher_path).field) == t_before
+    # each active loss falls on a fixed batch (all stages on from step 0, no feature decay)
+    cfg2 = distill_cfg(student, [f"teacher.ckpt={teacher_path}", "distill.stages.feat_end=0",
+                                 "distill.stages.point_end=0", "distill.feat_decay=1.0"])
+    teacher = load_field(teacher_path)
+    module = DistillModule(teacher, cfg2.student, cfg2.distill, cfg2.render, cfg2.grid)
+    before = state_hash(teacher.field)
+    logged = _fixed_batch_losses(module, 25)
+    assert state_hash(teacher.field) == before
+    active = [k for k in logged if k.startswith("distill/loss_") and k != "distill/loss_reg"]
+    assert {"distill/loss_rgb", "distill/loss_sigma", "distill/loss_color"} <= set(active)
+    for k in active:
+        first, last = logged[k][0], min(logged[k][-3:])
+        assert last < first, f"{k} did not fall: {logged[k][0]:.4g} -> {logged[k][-1]:.4g}"
+
+
+def test_density_clamp_applies_to_teacher_and_student(distill_cfg, tiny_teacher):
+    cfg = distill_cfg("ngp", ["distill.density_clamp=[-1.0,2.0]"])
+    module = DistillModule(load_field(tiny_teacher), cfg.student, cfg.distill, cfg.render,
+                           cfg.grid)
+    module._teacher_to_device()
+    o = torch.tensor([[0.0, 0.0, 2.8]]).repeat(32, 1)
+    d = torch.nn.functional.normalize(torch.randn(32, 3) * 0.2 + torch.tensor([0, 0, -1.0]), dim=-1)
+    samples, t = module.teacher_pass(o, d)
+    assert t.field.sigma_raw.min() >= -1.0 and t.field.sigma_raw.max() <= 2.0
+    assert module.field.density_clamp == (-1.0, 2.0)
+    raw = torch.tensor([-5.0, 0.0, 9.0])
+    assert torch.allclose(module.field.activate(raw), torch.exp(torch.tensor([-1.0, 0.0, 2.0])))
+    off = distill_cfg("ngp", ["distill.density_clamp=null"])
+    m2 = DistillModule(load_field(tiny_teacher), off.student, off.distill, off.render, off.grid)
+    assert m2.field.density_clamp is None
+
+
+def test_teacher_arch_mismatch_is_a_clear_error(distill_cfg, tiny_teacher):
+    if "tensorf" not in ARCHS:
+        pytest.skip("needs a second architecture")
+    cfg = distill_cfg("ngp", ["teacher=tensorf"])
+    with pytest.raises(CheckpointError, match="holds a ngp field but teacher=tensorf"):
+        distill.run(cfg)
+
+
+def test_teacher_trained_once_and_cached(distill_cfg, caplog):
+    cfg = distill_cfg("ngp", ["teacher_train.max_steps=4", "trainer.max_steps=2"],
+                      teacher_ckpt=False)
+    distill.run(cfg)
+    teachers = list((Path(cfg.paths.log_dir) / "teachers").glob("*/checkpoints/last.ckpt"))
+    assert len(teachers) == 1
+    mtime = teachers[0].stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="pvdal"):
+        distill.run(cfg)
+    assert "reusing cached ngp teacher" in caplog.text
+    assert teachers[0].stat().st_mtime_ns == mtime
