@@ -51,10 +51,15 @@ def pick_device(cfg: DictConfig) -> torch.device:
 
 
 def load_checkpoint(cfg: DictConfig, device: torch.device | None = None) -> LoadedField:
-    """``cfg.ckpt`` -> LoadedField on ``device`` (field and grid in eval mode)."""
+    """``cfg.ckpt`` (a checkpoint or a ``.safetensors`` export) -> LoadedField on ``device``."""
     path = require(cfg, "ckpt", "pass ckpt=PATH (e.g. outputs/train/runs/<time>/checkpoints/"
                    "last.ckpt)")
-    lf = load_field(path, "ckpt")
+    if path.endswith(".safetensors"):  # an export.py format=safetensors file
+        from pvdal.io.export import load_safetensors
+
+        lf = load_safetensors(path, "ckpt")
+    else:
+        lf = load_field(path, "ckpt")
     if device is not None:
         lf.field.to(device)
         lf.grid.to(device)
@@ -81,14 +86,19 @@ def n_samples(cfg: DictConfig, lf: LoadedField) -> int:
 
 def render_view(lf: LoadedField, data: SceneData, frames: Frames, i: int, n_samp: int,
                 chunk: int) -> dict[str, Tensor]:
-    """Render frame ``i`` of ``frames``: rgb [H, W, 3], depth [H, W], opacity [H, W] (on CPU)."""
+    """Render frame ``i`` of ``frames``: rgb [H, W, 3], depth [H, W], opacity [H, W] (on CPU),
+    and ``time``: seconds spent rendering (ray generation and transfers excluded)."""
     h, w = (int(v) for v in frames.hw[i])
     o, d = data.image_rays(frames, i)
     dev = lf.background.device
-    out = render_chunked(lf.field, o.to(dev), d.to(dev), lf.scene, lf.grid, n_samp,
-                         lf.background, chunk)
+    o, d = o.to(dev), d.to(dev)
+    t0 = time.perf_counter()
+    out = render_chunked(lf.field, o, d, lf.scene, lf.grid, n_samp, lf.background, chunk)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    dt = time.perf_counter() - t0
     return {"rgb": out["rgb"].view(h, w, 3).cpu(), "depth": out["depth"].view(h, w).cpu(),
-            "opacity": out["opacity"].view(h, w).cpu()}
+            "opacity": out["opacity"].view(h, w).cpu(), "time": dt}
 
 
 def field_size(lf: LoadedField) -> tuple[int, float]:
@@ -126,11 +136,9 @@ def run(cfg: DictConfig) -> dict:
     with progress(cfg) as bar:
         task = bar.add_task(f"eval {split}", total=len(frames))
         for i in range(len(frames)):
-            t0 = time.perf_counter()
             img = render_view(lf, data, frames, i, n_samp, chunk)
-            if lf.background.is_cuda:
-                torch.cuda.synchronize()
-            row: dict = {"index": i, "time": time.perf_counter() - t0}
+            row: dict = {"index": i, "time": img["time"], "rays": img["rgb"].shape[0]
+                         * img["rgb"].shape[1]}
             if frames.images is not None:
                 gt = frames.images[i]
                 row.update(psnr=float(metrics.psnr(img["rgb"], gt)),
@@ -144,6 +152,7 @@ def run(cfg: DictConfig) -> dict:
     total = sum(r["time"] for r in rows)
     result = {"psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"),
               "lpips": _mean(rows, "lpips"), "fps": len(rows) / total if total > 0 else None,
+              "render_rays_per_s": sum(r["rays"] for r in rows) / total if total > 0 else None,
               "num_params": n_params, "size_mb": size, "arch": lf.arch.get("name"),
               "ckpt": lf.path, "ckpt_sha256": lf.sha256, "data": data_name, "split": split,
               "n_images": len(rows), "per_image": rows}
