@@ -28,9 +28,12 @@ def load_split(root: Path, split: str, downscale: int, scale: float,
                background: tuple[float, float, float]) -> Frames:
     tf_path = root / f"transforms_{split}.json"
     meta = read_json(tf_path, f"a Blender scene has transforms_{split}.json in data.root")
-    frames = meta.get("frames")
-    if not isinstance(frames, list) or not frames:
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list):
         raise DataError(str(tf_path), "has no 'frames' list", "is this a Blender-format scene?")
+    if not frames:
+        raise DataError(str(tf_path), f"lists no frames: split '{split}' would be empty",
+                        "every split (train, val, test) needs at least one frame")
     if "camera_angle_x" not in meta:
         raise DataError(str(tf_path), "lacks 'camera_angle_x'", "Blender format needs it")
     try:

@@ -1,9 +1,10 @@
 """LightningDataModule: shuffled ray batches for training, whole images for val/test.
 
-Training batches are drawn per global step from a generator seeded by (seed, epoch, index), so
-runs are repeatable and resumable; under DDP every rank draws the same global batch and keeps
-its own disjoint slice (no DistributedSampler needed: the trainer sets
-``use_distributed_sampler=False``).
+A training batch is a pure function of (seed, global step): the loader only paces the steps
+and the module asks ``RayDataModule.ray_batch(step)`` for the rays. So a resumed run (even from
+a mid-epoch checkpoint, where Lightning restarts the loader) sees exactly the batches of an
+uninterrupted one, whatever the loader prefetches. Under DDP every rank draws the same global
+batch and keeps its own disjoint slice (``use_distributed_sampler=False`` in the trainer).
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ def _rank_world() -> tuple[int, int]:
 
 
 class TrainRays(Dataset):
-    """``steps`` items per epoch; each item is one batch of random pixels of the train frames.
+    """Batches of random pixels of the train frames; ``batch(step)`` is deterministic.
 
     ``frames_fn`` returns the current training frames, so view-level active learning can swap
-    in new (pose-only) frames between epochs.
+    in new (pose-only) frames between epochs. As a Dataset it yields ``steps`` placeholders per
+    epoch that only pace Lightning's loop.
     """
 
     def __init__(self, data: SceneData, batch_size: int, steps: int, seed: int,
-                 epoch_fn: Callable[[], int], frames_fn: Callable[[], Frames]) -> None:
+                 frames_fn: Callable[[], Frames]) -> None:
         self.data, self.frames_fn = data, frames_fn
-        self.batch_size, self.steps, self.seed, self.epoch_fn = batch_size, steps, seed, epoch_fn
+        self.batch_size, self.steps, self.seed = batch_size, steps, seed
         self._frames: Frames | None = None
 
     def _index(self) -> Frames:
@@ -52,9 +54,12 @@ class TrainRays(Dataset):
         return self.steps
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"slot": torch.tensor(i)}
+
+    def batch(self, step: int) -> dict[str, Tensor]:
         frames = self._index()
         rank, world = _rank_world()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_fn() * 100_003 + i)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         total = int(self.offsets[-1])
         gidx = torch.randint(0, total, (self.batch_size * world,), generator=g)
         gidx = gidx[rank * self.batch_size:(rank + 1) * self.batch_size]
@@ -100,26 +105,36 @@ class RayDataModule(pl.LightningDataModule):
         self.seed, self.val_images = seed, val_images
         self.data: SceneData | None = None
         self.train_frames: Frames | None = None  # replaced by view-level active learning
+        self._train_rays: TrainRays | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             self.data = self.loader()
             self.train_frames = self.data.train
 
-    def _epoch(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else 0
-
     def _train_frames(self) -> Frames:
         return self.train_frames
 
+    def train_rays(self) -> TrainRays:
+        if self._train_rays is None:
+            self._train_rays = TrainRays(self.data, self.batch_size, self.steps, self.seed,
+                                         self._train_frames)
+        return self._train_rays
+
+    def ray_batch(self, step: int) -> dict[str, Tensor]:
+        """The training batch of global step ``step`` (this rank's slice)."""
+        return self.train_rays().batch(step)
+
+    # Each loader has its own generator: creating an iterator would otherwise draw a seed from
+    # the global RNG, so a resumed run (new iterators) would drift from an uninterrupted one.
     def train_dataloader(self) -> DataLoader:
-        ds = TrainRays(self.data, self.batch_size, self.steps, self.seed, self._epoch,
-                       self._train_frames)
-        return DataLoader(ds, batch_size=None, shuffle=False, num_workers=0)
+        return DataLoader(self.train_rays(), batch_size=None, shuffle=False, num_workers=0,
+                          generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(ImageRays(self.data, self.data.val, self.val_images), batch_size=None)
+        return DataLoader(ImageRays(self.data, self.data.val, self.val_images), batch_size=None,
+                          generator=torch.Generator())
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(ImageRays(self.data, self.data.test), batch_size=None)
+        return DataLoader(ImageRays(self.data, self.data.test), batch_size=None,
+                          generator=torch.Generator())

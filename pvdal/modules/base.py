@@ -3,6 +3,7 @@ updates, whole-image evaluation and the self-describing checkpoint metadata."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.renderer import render_chunked
 from pvdal.render.scene import SceneSpec
+from pvdal.utils.errors import ConfigError, PvdalError
+
+log = logging.getLogger("pvdal")
 
 
 def as_dict(cfg: Any) -> dict:
@@ -44,8 +48,13 @@ class RadianceModule(pl.LightningModule):
 
     def __init__(self, arch: DictConfig | dict, render: dict, grid: dict, scene: dict,
                  background: list[float], output_dir: str | None = None,
-                 schedule_steps: int = 10000, data_cfg: dict | None = None) -> None:
+                 schedule_steps: int = 10000, data_cfg: dict | None = None,
+                 nan_policy: str = "stop") -> None:
         super().__init__()
+        if nan_policy not in ("stop", "skip"):
+            raise ConfigError("nan_policy", f"must be stop or skip, got {nan_policy!r}",
+                              "stop: save and end the run; skip: drop the batch")
+        self.nan_policy = nan_policy
         self.data_cfg = as_dict(data_cfg) if data_cfg is not None else None
         self.arch = as_dict(arch)
         self.render_cfg = as_dict(render)
@@ -77,9 +86,35 @@ class RadianceModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def finite_or_none(self, loss: Tensor, terms: dict[str, Tensor]) -> Tensor | None:
+        """NaN guard: a non-finite loss either skips the batch (``nan_policy=skip``, returns
+        None so no optimizer step happens) or saves ``last.ckpt`` with the still-finite
+        parameters and stops with a message naming the step and the loss term."""
+        if bool(torch.isfinite(loss)):
+            return loss
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] or ["loss"]
+        step = self.global_step
+        if self.nan_policy == "skip":
+            log.warning("step %d: non-finite %s; batch skipped (nan_policy=skip)", step,
+                        ", ".join(bad))
+            return None
+        if self.output_dir:
+            self.trainer.save_checkpoint(Path(self.output_dir) / "checkpoints" / "last.ckpt")
+        raise PvdalError(f"step {step}", f"loss term {', '.join(bad)} is not finite; the last "
+                         "good state is in checkpoints/last.ckpt",
+                         "lower the learning rate, or set nan_policy=skip to drop such batches")
+
     def extra_param_groups(self) -> list[dict]:
         """Trainable parameters outside the field (e.g. distillation's feature projection)."""
         return []
+
+    def ray_batch(self, batch: dict) -> dict:
+        """Rays of this step: drawn from the datamodule by global step (see datamodule.py);
+        a batch that already holds rays (direct calls in tests) is used as it is."""
+        if "rays_o" in batch:
+            return batch
+        rays = self.trainer.datamodule.ray_batch(self.global_step)
+        return {k: v.to(self.device) for k, v in rays.items()}
 
     def field_hooks(self) -> None:
         """Field-specific schedule (upsampling, pruning) and occupancy update, before a step."""
@@ -156,7 +191,15 @@ class RadianceModule(pl.LightningModule):
                                          self.scene, self.background.tolist(), self.n_samples,
                                          prefix, gprefix)
         checkpoint[KEY]["data"] = self.data_cfg
+        checkpoint["rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(KEY, {})
         self.field.prepare_load(meta.get("field_extra", {}))
+        self._resume_rng = checkpoint.get("rng")  # applied when training starts
+
+    def on_train_start(self) -> None:
+        rng = getattr(self, "_resume_rng", None)
+        if rng is not None:  # exact resume: jitter and occupancy sampling continue alike
+            torch.set_rng_state(rng)
+            self._resume_rng = None

@@ -30,7 +30,7 @@ log = logging.getLogger("pvdal")
 class DistillModule(RadianceModule):
     def __init__(self, teacher: LoadedField, student_arch, distill, render, grid,
                  output_dir: str | None = None, schedule_steps: int = 10000, data_cfg=None,
-                 al_levels: dict | None = None) -> None:
+                 al_levels: dict | None = None, nan_policy: str = "stop") -> None:
         distill = as_dict(distill)
         student_arch = as_dict(student_arch)
         clamp = distill.get("density_clamp")
@@ -38,7 +38,8 @@ class DistillModule(RadianceModule):
         student_arch["field"]["density_clamp"] = list(self.clamp) if self.clamp else None
         render = {**as_dict(render), "n_samples": teacher.n_samples}
         super().__init__(student_arch, render, grid, teacher.scene.as_dict(),
-                         teacher.background.tolist(), output_dir, schedule_steps, data_cfg)
+                         teacher.background.tolist(), output_dir, schedule_steps, data_cfg,
+                         nan_policy)
         self.save_hyperparameters({"teacher_path": teacher.path, "teacher_sha256": teacher.sha256,
                                    "teacher_arch": teacher.arch, "student_arch": student_arch,
                                    "distill": distill})
@@ -106,6 +107,7 @@ class DistillModule(RadianceModule):
                                      feat, sig)
 
     def training_step(self, batch, batch_idx):
+        batch = self.ray_batch(batch)
         step, w = self.global_step, self.cfg["weights"]
         stage = self.schedule.stage(step)
         kind = self.cfg.get("loss_type", "mse")
@@ -148,11 +150,13 @@ class DistillModule(RadianceModule):
         if reg is not None:
             loss = loss + reg
             losses["reg"] = reg
+        if self.finite_or_none(loss, losses) is None:
+            return None
         n = rays_o.shape[0]
         for k, v in losses.items():
             self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
         self.log("distill/stage", float(stage), batch_size=n)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
         if s_rgb is not None:
             err = per_ray_error(s_rgb.detach(), t.rgb)
             mse = (s_rgb.detach() - t.rgb).square().mean()

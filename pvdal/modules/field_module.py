@@ -14,10 +14,15 @@ from pvdal.render.renderer import render_rays
 
 class FieldModule(RadianceModule):
     def __init__(self, arch, render, grid, scene, background, output_dir=None,
-                 schedule_steps: int = 10000, data_cfg=None) -> None:
+                 schedule_steps: int = 10000, data_cfg=None, nan_policy: str = "stop") -> None:
         super().__init__(arch, render, grid, scene, background, output_dir, schedule_steps,
-                         data_cfg)
-        self.save_hyperparameters()
+                         data_cfg, nan_policy)
+        # plain containers only, so Lightning's weights-only resume can read them
+        self.save_hyperparameters({"arch": self.arch, "render": self.render_cfg,
+                                   "grid": self.grid_cfg, "scene": self.scene.as_dict(),
+                                   "background": [float(v) for v in background],
+                                   "schedule_steps": self.schedule_steps,
+                                   "data": self.data_cfg, "nan_policy": nan_policy})
         self.field = instantiate(self.arch["field"], _convert_="all")
         self.grid = OccupancyGrid(**self.grid_cfg)
 
@@ -25,16 +30,19 @@ class FieldModule(RadianceModule):
         self.field_hooks()
 
     def training_step(self, batch, batch_idx):
+        batch = self.ray_batch(batch)
         out = render_rays(self.field, batch["rays_o"], batch["rays_d"], self.scene, self.grid,
                           self.n_samples, self.background, perturb=True)
         mse = F.mse_loss(out.rgb, batch["rgb"])
-        loss = mse
+        loss, terms = mse, {"rgb": mse}
         reg = self.field.regularizer(out.samples.positions)
         if reg is not None:
-            loss = loss + reg
+            loss, terms["reg"] = loss + reg, reg
             self.log("train/reg", reg.detach())
+        if self.finite_or_none(loss, terms) is None:
+            return None
         n = batch["rays_o"].shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train/psnr", -10 * torch.log10(mse.detach()), prog_bar=True, batch_size=n)
         self.log("train/samples_per_ray", out.samples.positions.shape[0] / n, batch_size=n)
         return loss

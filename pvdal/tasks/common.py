@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,19 @@ def check_ranges(cfg: DictConfig, extra: dict[str, tuple] | None = None) -> None
 
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
+
+
+def writable_output_dir(cfg: DictConfig) -> Path:
+    """The run's output dir, created and probed before any work; else a PvdalError naming it."""
+    out = output_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise PvdalError(str(out), f"cannot write the output dir ({e.strerror or e})",
+                         "choose a writable one: hydra.run.dir=PATH") from e
+    return out
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from pvdal.distill.teacher import resolve_teacher
 from pvdal.modules.distill_module import DistillModule
-from pvdal.tasks.common import check_ranges, output_dir
+from pvdal.tasks.common import check_ranges, writable_output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
 
 log = logging.getLogger("pvdal")
@@ -37,13 +37,13 @@ def build_al(cfg: DictConfig, dm, teacher) -> tuple[dict, list]:
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     check_ranges(cfg, DISTILL_RANGES)
     pl.seed_everything(cfg.seed, workers=True)
-    out = output_dir(cfg)
+    out = writable_output_dir(cfg)
     dm = build_datamodule(cfg)
     teacher = resolve_teacher(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     levels, callbacks = build_al(cfg, dm, teacher)
     module = DistillModule(teacher, cfg.student, cfg.distill, cfg.render, cfg.grid, str(out),
-                           schedule_steps(cfg), cfg.data, levels)
+                           schedule_steps(cfg), cfg.data, levels, cfg.get("nan_policy", "stop"))
     log.info("distill: %s -> %s (al: %s) into %s", teacher.arch["name"], cfg.student.name,
              ",".join(levels) or "none", out)
     callbacks = callbacks + list(extra_callbacks or [])

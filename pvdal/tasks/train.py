@@ -15,7 +15,7 @@ from pvdal.callbacks.save_last import SaveLastCheckpoint
 from pvdal.data.datamodule import RayDataModule
 from pvdal.io.atomic import atomic_write_json
 from pvdal.modules.field_module import FieldModule
-from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path
+from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
 from pvdal.utils.instantiate import build_trainer
 
 log = logging.getLogger("pvdal")
@@ -61,11 +61,12 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     """Train, test, write metrics.json. ``extra_callbacks``: e.g. benchmarks' WallClockEval."""
     check_ranges(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    out = output_dir(cfg)
+    out = writable_output_dir(cfg)
     dm = build_datamodule(cfg)
     data = dm.data
     module = FieldModule(cfg.arch, cfg.render, cfg.grid, data.scene.as_dict(),
-                         list(data.background), str(out), schedule_steps(cfg), cfg.data)
+                         list(data.background), str(out), schedule_steps(cfg), cfg.data,
+                         cfg.get("nan_policy", "stop"))
     log.info("training %s on %s (%d train / %d test views) into %s", cfg.arch.name,
              cfg.data.name, len(data.train), len(data.test), out)
     _, _, result = fit_and_test(cfg, module, dm, extra_callbacks)
