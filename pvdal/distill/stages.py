@@ -3,7 +3,7 @@
 stage 1 (features): feature loss only, aligning the explicit parts
 stage 2 (points):   + pre-activation density and colour-feature losses at the sample points
 stage 3 (render):   + rendered-RGB loss against the teacher's render
-Boundaries are fractions of the run (<= 1) or absolute steps (> 1).
+Boundaries are fractions of the run (floats <= 1.0, e.g. 0.05) or absolute steps (integers).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class StageSchedule:
             if v < 0:
                 raise ConfigError(f"distill.stages.{key}", f"must be >= 0, got {v}",
                                   "a fraction of the run (<= 1) or a step count")
-            return int(round(v * total_steps)) if v <= 1 else int(v)
+            return int(round(v * total_steps)) if isinstance(v, float) and v <= 1 else int(v)
 
         a, b = steps(feat_end, "feat_end"), steps(point_end, "point_end")
         if b < a:

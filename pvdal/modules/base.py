@@ -40,6 +40,16 @@ def png_bytes(img: Tensor) -> bytes:
     return iio.imwrite("<bytes>", arr, extension=".png")
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 class RadianceModule(pl.LightningModule):
     """Base: ``self.field`` (trained), ``self.grid`` (its occupancy grid), render settings."""
 
@@ -136,6 +146,38 @@ class RadianceModule(pl.LightningModule):
 
     def image_metrics(self, pred: Tensor, gt: Tensor) -> dict[str, float]:
         return {"psnr": float(metrics.psnr(pred, gt)), "ssim": float(metrics.ssim(pred, gt))}
+
+    def log_panel(self, tiles: dict[str, Tensor], depth: Tensor) -> None:
+        """One validation panel: the tiles side by side, |error| of the last tile against the
+        first, and colour-mapped depth. W&B and TensorBoard get the image; every run also
+        keeps it as ``val/step*.png`` in the run dir (what the CSV logger's users read)."""
+        if not self.trainer.is_global_zero:
+            return
+        imgs = list(tiles.values())
+        err = (imgs[-1] - imgs[0]).abs().mean(-1, keepdim=True).clamp(0, 1).expand_as(imgs[0])
+        d = depth / depth.max().clamp_min(1e-6)
+        cmap = torch.stack([d, 1 - (2 * d - 1).abs(), 1 - d], -1)  # blue -> green -> red
+        panel = torch.cat([*imgs, err, cmap], dim=1)
+        caption = " | ".join([*tiles, "error", "depth"])
+        self.save_image(f"val/step{self.global_step:06d}.png", panel)
+        for lg in self.loggers:
+            name = type(lg).__name__
+            if name == "WandbLogger":
+                lg.log_image("val/panel", [panel.cpu().numpy()], step=self.global_step,
+                             caption=[caption])
+            elif name == "TensorBoardLogger":
+                lg.experiment.add_image("val/panel", panel.permute(2, 0, 1).cpu(),
+                                        self.global_step)
+
+    def on_test_end(self) -> None:
+        """Final metrics into the W&B run summary; testing is a run's last stage, so the W&B
+        run is finished here (that also writes its summary and config files offline)."""
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger" and self.trainer.is_global_zero:
+                flat = _flatten(self.test_summary())
+                lg.experiment.summary.update({f"final/{k}": v for k, v in flat.items()
+                                              if isinstance(v, int | float)})
+                lg.experiment.finish()
 
     def save_image(self, rel: str, img: Tensor) -> None:
         if self.output_dir and self.trainer.is_global_zero:

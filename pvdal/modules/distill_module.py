@@ -184,15 +184,15 @@ class DistillModule(RadianceModule):
         t, _ = self._teacher_image(batch, cache=True)
         self.log("val/psnr_vs_teacher", self.image_metrics(s["rgb"], t["rgb"])["psnr"],
                  sync_dist=True, batch_size=1, prog_bar=True)
-        panel = [t["rgb"], s["rgb"]]
+        tiles = {"teacher": t["rgb"], "student": s["rgb"]}
         if "rgb" in batch:
             gt = batch["rgb"].view_as(s["rgb"])
             m = self.image_metrics(s["rgb"], gt)
             self.log("val/psnr", m["psnr"], sync_dist=True, batch_size=1, prog_bar=True)
             self.log("val/ssim", m["ssim"], sync_dist=True, batch_size=1)
-            panel.insert(0, gt)
+            tiles = {"ground truth": gt, **tiles}
         if batch_idx == 0:
-            self.save_image(f"val/step{self.global_step:06d}.png", torch.cat(panel, dim=1))
+            self.log_panel(tiles, s["depth"])
 
     def on_test_epoch_start(self) -> None:
         self._test_rows, self._teacher_rows = [], []

@@ -54,8 +54,7 @@ class FieldModule(RadianceModule):
         self.log("val/psnr", m["psnr"], sync_dist=True, batch_size=1, prog_bar=True)
         self.log("val/ssim", m["ssim"], sync_dist=True, batch_size=1)
         if batch_idx == 0:
-            self.save_image(f"val/step{self.global_step:06d}.png",
-                            torch.cat([gt, out["rgb"]], dim=1))
+            self.log_panel({"ground truth": gt, "render": out["rgb"]}, out["depth"])
 
     def on_test_epoch_start(self) -> None:
         self._test_rows = []

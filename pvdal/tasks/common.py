@@ -75,7 +75,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def is_multirun() -> bool:
     try:
-        return HydraConfig.get().mode.name == "MULTIRUN"
+        return getattr(HydraConfig.get().mode, "name", None) == "MULTIRUN"
     except ValueError:
         return False
 

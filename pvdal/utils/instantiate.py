@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -28,10 +30,40 @@ def wandb_default_offline() -> None:
         log.info("W&B: offline (set WANDB_MODE=online to sync live); `wandb sync` uploads later")
 
 
+def run_name(cfg: DictConfig) -> str:
+    """``<arch>`` for training, ``<teacher>2<student>-<al>`` for distillation."""
+    if "student" not in cfg:
+        return str(cfg.arch.name)
+    al = cfg.get("al") or {}
+    on = [k for k in ("view", "ray", "point") if (al.get(k) or {}).get("enabled")]
+    tag = "full" if len(on) == 3 else ("+".join(on) or "none")
+    return f"{cfg.teacher.name}2{cfg.student.name}-{tag}"
+
+
+def sweep_group() -> str | None:
+    """A multirun's jobs share one W&B group: the sweep directory's name."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    mode = getattr(hc.mode, "name", None)
+    return Path(str(hc.sweep.dir)).name if mode == "MULTIRUN" else None
+
+
 def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Trainer:
-    if cfg.get("logger") and any("wandb" in str(k) for k in cfg.logger):
-        wandb_default_offline()
+    logger_cfg = cfg.get("logger") or {}
+    loggers = []
+    for lcfg in logger_cfg.values():
+        if not (isinstance(lcfg, DictConfig) and "_target_" in lcfg):
+            continue
+        if "Wandb" in str(lcfg._target_):
+            wandb_default_offline()
+            Path(str(lcfg.save_dir)).mkdir(parents=True, exist_ok=True)
+            name = lcfg.get("name") or run_name(cfg)
+            group = lcfg.get("group") or sweep_group()
+            loggers.append(instantiate(lcfg, name=name, group=group))
+        else:
+            loggers.append(instantiate(lcfg))
     callbacks = _instantiate_dict(cfg.get("callbacks")) + list(extra_callbacks or [])
-    loggers = _instantiate_dict(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                        plugins=[AtomicCheckpointIO()])
