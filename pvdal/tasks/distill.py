@@ -12,6 +12,7 @@ from pvdal.distill.teacher import resolve_teacher
 from pvdal.modules.distill_module import DistillModule
 from pvdal.tasks.common import check_ranges, writable_output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
+from pvdal.utils.presets import apply_preset
 
 log = logging.getLogger("pvdal")
 
@@ -35,6 +36,7 @@ def build_al(cfg: DictConfig, dm, teacher) -> tuple[dict, list]:
 
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
+    apply_preset(cfg)
     check_ranges(cfg, DISTILL_RANGES)
     pl.seed_everything(cfg.seed, workers=True)
     out = writable_output_dir(cfg)

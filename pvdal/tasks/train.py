@@ -17,6 +17,7 @@ from pvdal.io.atomic import atomic_write_json
 from pvdal.modules.field_module import FieldModule
 from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
 from pvdal.utils.instantiate import build_trainer
+from pvdal.utils.presets import apply_preset
 
 log = logging.getLogger("pvdal")
 
@@ -59,6 +60,7 @@ def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     """Train, test, write metrics.json. ``extra_callbacks``: e.g. benchmarks' WallClockEval."""
+    apply_preset(cfg)
     check_ranges(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out = writable_output_dir(cfg)
