@@ -23,11 +23,8 @@ TINY_RUN = ["trainer.max_steps=8", "trainer.max_time=null", "trainer.log_every_n
             "render.n_samples=48", "grid.resolution=16", "grid.update_every=4",
             "grid.warmup_steps=4", "callbacks.rich_progress_bar=null",
             "trainer.enable_progress_bar=false"]
-TINY_ARCH = {
-    "ngp": ["arch.field.n_levels=4", "arch.field.log2_hashmap_size=12",
-            "arch.field.max_resolution=64", "arch.field.hidden_dim=16",
-            "arch.field.color_hidden_dim=16"],
-}
+# every architecture's test size is its conf/arch/<name>.yaml `tiny:` block
+TINY_ARCH = {name: ["preset=tiny"] for name in ("ngp", "mlp", "plenoxels", "tensorf")}
 
 
 def compose_cfg(
@@ -63,11 +60,6 @@ def tiny_cfg(tmp_path, data_dir):
     return make
 
 
-def tiny_arch(role: str, arch: str) -> list[str]:
-    """Tiny-size overrides for ``arch`` used as ``role`` (arch | teacher | student)."""
-    return [o.replace("arch.", f"{role}.", 1) for o in TINY_ARCH.get(arch, [])]
-
-
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory, data_dir) -> Path:
     """ONE tiny trained NGP teacher for every distillation test: its last.ckpt path."""
@@ -87,8 +79,7 @@ def distill_cfg(tmp_path, data_dir, tiny_teacher):
 
     def make(student: str = "ngp", overrides: list[str] | None = None,
              teacher_ckpt: bool = True) -> DictConfig:
-        ov = [f"student={student}", *TINY_DATA, *TINY_RUN, *tiny_arch("student", student),
-              *tiny_arch("teacher", "ngp")]
+        ov = [f"student={student}", *TINY_DATA, *TINY_RUN, "preset=tiny"]
         if teacher_ckpt:
             ov.append(f"teacher.ckpt={tiny_teacher}")
         return compose_cfg("distill", tmp_path / "run", data_dir, ov + list(overrides or []))

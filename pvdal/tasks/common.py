@@ -90,7 +90,7 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return fn(cfg)
     except PvdalError as e:
         msg = f"pvdal: error: {e}"
-        log.error(msg)
+        log.debug(msg)  # the console gets it once, on stderr
         if is_multirun():
             try:
                 (output_dir(cfg) / "error.txt").write_text(msg + "\n")

@@ -1,5 +1,5 @@
-"""Size presets: every ``conf/arch/<name>.yaml`` carries a ``paper:`` block of field overrides
-(paper-scale sizes, for GPUs). ``preset=paper`` (set by ``experiment=paper``) merges it into the
+"""Size presets: every ``conf/arch/<name>.yaml`` carries ``paper:`` (paper-scale sizes, for GPUs)
+and ``tiny:`` (test-sized) blocks of field overrides. ``preset=paper`` (set by ``experiment=paper``) merges it into the
 arch's ``field`` for whichever architectures the run uses (arch, teacher, student), so one
 switch scales every architecture without an ``if arch == ...`` anywhere."""
 
@@ -14,8 +14,9 @@ ROLES = ("arch", "teacher", "student")
 
 def apply_preset(cfg: DictConfig) -> DictConfig:
     preset = cfg.get("preset", "cpu") or "cpu"
-    if preset not in ("cpu", "paper"):
-        raise ConfigError("preset", f"unknown preset {preset!r}", "use preset=cpu or paper")
+    if preset not in ("cpu", "paper", "tiny"):
+        raise ConfigError("preset", f"unknown preset {preset!r}",
+                          "use preset=cpu (default), paper (GPU) or tiny (tests)")
     if preset == "cpu":
         return cfg
     with open_dict(cfg):
@@ -23,8 +24,8 @@ def apply_preset(cfg: DictConfig) -> DictConfig:
             arch = cfg.get(role)
             if arch is None or "field" not in arch:
                 continue
-            if "paper" not in arch:
-                raise ConfigError(f"{role}.paper", f"{arch.name} has no paper preset",
-                                  f"add a paper: block to conf/arch/{arch.name}.yaml")
-            arch.field = OmegaConf.merge(arch.field, arch.paper)
+            if preset not in arch:
+                raise ConfigError(f"{role}.{preset}", f"{arch.name} has no {preset} preset",
+                                  f"add a {preset}: block to conf/arch/{arch.name}.yaml")
+            arch.field = OmegaConf.merge(arch.field, arch[preset])
     return cfg
