@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from pvdal.render.march import march_rays
@@ -105,3 +106,22 @@ def test_contracted_scene_maps_into_unit_box():
     o, d = torch.tensor([[0.0, 0, 0]]), torch.tensor([[1.0, 0, 0]])
     s = march_rays(o, d, spec, None, n_samples=64)
     assert s.t_ends.max() > 50 and (s.positions.abs() <= 1).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's packed kernels need CUDA")
+def test_nerfacc_weights_match_torch_reference():
+    pytest.importorskip("nerfacc")
+    from pvdal.render.volrend import packed_render_weights
+
+    torch.manual_seed(0)
+    grid = OccupancyGrid(resolution=16, warmup_steps=100, update_every=1)
+    grid.update(0, _sphere_density, step_size=0.02)
+    o = torch.tensor([[0.0, 0, 3]]).repeat(64, 1) + torch.randn(64, 3) * 0.1
+    d = torch.nn.functional.normalize(torch.tensor([[0.0, 0, -1]]) + torch.randn(64, 3) * 0.1,
+                                      dim=-1)
+    s = march_rays(o.cuda(), d.cuda(), SceneSpec(), grid.cuda(), n_samples=128)
+    sig = torch.rand(s.positions.shape[0], device="cuda") * 20
+    ref, _ = render_weights(s.scatter(sig), s.deltas)
+    m = s.mask
+    fast = packed_render_weights(sig, s.t_starts[m], s.t_ends[m], s.ray_indices, s.n_rays)
+    assert torch.allclose(s.scatter(fast), ref, atol=1e-5)

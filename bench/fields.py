@@ -1,0 +1,47 @@
+"""Every architecture on the default scene (run by hand).
+
+    python -m bench.fields [--archs mlp,plenoxels,tensorf,ngp] [--budget 900] [--points 5]
+
+For each arch: parameters, MB, train and render rays/s, and test PSNR at fixed wall-clock points.
+Writes bench/results/fields.json (one object per arch) and bench/results/fields.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.common import md_table, run_curve, write_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--archs", default="mlp,plenoxels,tensorf,ngp")
+    ap.add_argument("--budget", type=float, default=900.0, help="training seconds per arch")
+    ap.add_argument("--points", type=int, default=5)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pvdal-bench-fields-"))
+    batch = next((int(o.split("=")[1]) for o in args.overrides
+                  if o.startswith("data.batch_size=")), 1024)
+    rows = []
+    for arch in args.archs.split(","):
+        run = run_curve("train", [f"arch={arch}", *args.overrides], work / arch, args.budget,
+                        args.points)
+        res = run["result"]
+        row = {"arch": arch, "num_params": res["num_params"], "size_mb": res["size_mb"],
+               "train_rays_per_s": res["steps"] * batch / res["train_time_s"],
+               "render_rays_per_s": res.get("render_rays_per_s"), "steps": res["steps"],
+               "final_psnr": res.get("psnr"), "ssim": res.get("ssim"), "curve": run["curve"]}
+        for c in run["curve"]:
+            row[f"psnr@{int(c['time_s'])}s"] = c["psnr"]
+        rows.append(row)
+        keys = ["arch", "num_params", "size_mb", "train_rays_per_s", "render_rays_per_s",
+                "steps", *[k for k in row if k.startswith("psnr@")], "final_psnr"]
+        write_results("fields", rows, "## Architectures on the default scene\n\n"
+                      + md_table(rows, keys))
+
+
+if __name__ == "__main__":
+    main()
