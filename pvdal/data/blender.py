@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from pvdal.data.frames import Frames, SceneData
-from pvdal.data.images import check_root, existing_frames, load_image, native_size, read_json
+from pvdal.data.images import (
+    check_root,
+    existing_frames,
+    load_image_alpha,
+    native_size,
+    read_json,
+)
 from pvdal.render.scene import SceneSpec
 from pvdal.utils.errors import DataError
 
@@ -52,18 +58,21 @@ def load_split(root: Path, split: str, downscale: int, scale: float,
     c2w[:, :, 3] *= scale
     h0, w0 = native_size(paths[0])
     h, w = h0 // downscale, w0 // downscale
-    images = []
+    images, alphas = [], []
     for p in paths:
         if native_size(p) != (h0, w0):
             hp, wp = native_size(p)
             raise DataError(str(p), f"image is {wp}x{hp}, the others are {w0}x{h0}",
                             "all images of a Blender scene must share one size")
-        images.append(load_image(p, (h, w), background))
+        img, alpha = load_image_alpha(p, (h, w), background)
+        images.append(img)
+        alphas.append(alpha)
     focal = 0.5 * w / math.tan(0.5 * float(meta["camera_angle_x"]))
     n = len(paths)
     intr = torch.tensor([focal, focal, w / 2.0, h / 2.0]).expand(n, 4).clone()
     hw = torch.tensor([h, w]).expand(n, 2).clone()
-    fr = Frames(c2w, intr, hw, images, None, [str(p.name) for p in paths])
+    fr = Frames(c2w, intr, hw, images, None, [str(p.name) for p in paths],
+                alphas if all(a is not None for a in alphas) else None)
     fr.validate(split, str(tf_path))
     return fr
 

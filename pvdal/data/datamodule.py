@@ -48,6 +48,8 @@ class TrainRays(Dataset):
             self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
             self.pixels = (None if frames.images is None else
                            torch.cat([im.reshape(-1, 3) for im in frames.images]))
+            self.alpha = (None if frames.alphas is None or frames.images is None else
+                          torch.cat([a.reshape(-1) for a in frames.alphas]))
         return frames
 
     def __len__(self) -> int:
@@ -71,6 +73,8 @@ class TrainRays(Dataset):
         out = {"rays_o": rays_o, "rays_d": rays_d, "cam": cam, "px": px, "py": py}
         if self.pixels is not None:
             out["rgb"] = self.pixels[gidx]
+        if getattr(self, "alpha", None) is not None:
+            out["alpha"] = self.alpha[gidx]
         return out
 
 

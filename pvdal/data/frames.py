@@ -25,6 +25,7 @@ class Frames:
     images: list[Tensor] | None = None  # N x [H, W, 3] float32 in [0, 1], None: poses only
     distortion: Tensor | None = None  # [N, 4] OpenCV k1, k2, p1, p2
     names: list[str] = field(default_factory=list)
+    alphas: list[Tensor] | None = None  # N x [H, W] opacity of RGBA images (None: opaque)
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -57,6 +58,7 @@ class Frames:
             None if self.images is None else [self.images[i] for i in idx],
             None if self.distortion is None else self.distortion[idx],
             [self.names[i] for i in idx] if self.names else [],
+            None if self.alphas is None else [self.alphas[i] for i in idx],
         )
 
 

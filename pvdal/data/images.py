@@ -52,6 +52,14 @@ def load_image(
 
     ``size`` = (h, w) resizes (downscale); the caller checks native sizes.
     """
+    return load_image_alpha(path, size, background)[0]
+
+
+def load_image_alpha(
+    path: Path, size: tuple[int, int] | None, background: tuple[float, float, float] | None
+) -> tuple[Tensor, Tensor | None]:
+    """Like ``load_image``, plus the alpha [H, W] (None for images without one), so training can
+    re-composite onto random backgrounds."""
     try:
         arr = np.asarray(iio.imread(path))
     except Exception as e:  # imageio raises many types for bad files
@@ -61,14 +69,16 @@ def load_image(
         arr = np.repeat(arr[..., None], 3, axis=-1)
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
     img = torch.from_numpy(arr.astype(np.float32) / scale)
+    alpha = None
     if img.shape[-1] == 4:  # composite before resizing: no colour fringes at object edges
-        rgb, a = img[..., :3], img[..., 3:]
+        rgb, alpha = img[..., :3], img[..., 3:]
         bg = torch.tensor(background if background is not None else (1.0, 1.0, 1.0))
-        img = rgb * a + bg * (1.0 - a)
+        img = rgb * alpha + bg * (1.0 - alpha)
     img = img[..., :3]
     if size is not None:
         img = resize(img, *size)
-    return img.clamp(0.0, 1.0)
+        alpha = None if alpha is None else resize(alpha, *size)
+    return img.clamp(0.0, 1.0), None if alpha is None else alpha[..., 0].clamp(0.0, 1.0)
 
 
 def native_size(path: Path) -> tuple[int, int]:

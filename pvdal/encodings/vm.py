@@ -22,16 +22,19 @@ class VMEncoding(nn.Module):
     """u in [-1, 1]^3 (box coordinates) -> [M, sum(n_comp)] plane x line products."""
 
     def __init__(self, n_comp: Sequence[int], resolution: Sequence[int],
-                 init_scale: float = 0.1) -> None:
+                 init_scale: float = 0.1, init_offset: float = 0.0) -> None:
+        """Planes and lines start at ``init_offset + init_scale * N(0, 1)``: each component
+        product then averages ``init_offset**2``."""
         super().__init__()
         self.n_comp = [int(n) for n in n_comp]
         self.out_dim = sum(self.n_comp)
         self.planes = nn.ParameterList()
         self.lines = nn.ParameterList()
         for n, (a, b), k in zip(self.n_comp, MAT_MODE, VEC_MODE):
-            self.planes.append(nn.Parameter(init_scale * torch.randn(1, n, resolution[b],
-                                                                     resolution[a])))
-            self.lines.append(nn.Parameter(init_scale * torch.randn(1, n, resolution[k], 1)))
+            plane = torch.randn(1, n, resolution[b], resolution[a])
+            line = torch.randn(1, n, resolution[k], 1)
+            self.planes.append(nn.Parameter(init_offset + init_scale * plane))
+            self.lines.append(nn.Parameter(init_offset + init_scale * line))
 
     @property
     def resolution(self) -> list[int]:

@@ -71,9 +71,9 @@ class RadianceField(nn.Module):
         """Architecture-specific regulariser (TV, L1), already weighted; None when there is none."""
         return None
 
-    def on_step(self, step: int, density_fn_grid=None) -> bool:
-        """Called before each training step; returns True when parameters were replaced
-        (upsampling, pruning), so the optimizer must be rebuilt."""
+    def on_step(self, step: int, grid=None) -> bool:
+        """Called before each training step with the occupancy grid; returns True when
+        parameters were replaced (upsampling, pruning), so the optimizer must be rebuilt."""
         return False
 
     def extra_state_for_checkpoint(self) -> dict:
@@ -81,4 +81,5 @@ class RadianceField(nn.Module):
         return {}
 
     def prepare_load(self, extra: dict) -> None:
-        """Resize buffers/parameters to ``extra`` before ``load_state_dict`` (see above)."""
+        """Resize buffers/parameters to ``extra`` (from ``extra_state_for_checkpoint``) before
+        ``load_state_dict``, so a checkpoint taken after upsampling/pruning loads strictly."""

@@ -36,7 +36,7 @@ class PlenoxelsField(RadianceField):
         prune_steps: tuple[int, ...] = (500, 1500),
         prune_threshold: float = 0.5,
         prune_with_grid: bool = True,
-        init_density: float = 0.1,
+        init_density: float = 0.2,
         empty_sigma_raw: float = -10.0,
         sh_degree: int = 3,
         tv_density: float = 1e-3,
@@ -62,7 +62,9 @@ class PlenoxelsField(RadianceField):
         self.tv_density, self.tv_sh, self.tv_samples = tv_density, tv_sh, tv_samples
         n = (self.resolutions[0] + 1) ** 3
         table = torch.zeros(n, self.feature_dim)
-        table[:, 0] = math.log(init_density)
+        # a little noise: a perfectly uniform field sits exactly at the occupancy grid's
+        # mean-opacity threshold, and nothing would be marked occupied
+        table[:, 0] = math.log(init_density) + 0.01 * torch.randn(n)
         self.table = nn.Parameter(table)
         self.register_buffer("corners", torch.zeros(8, dtype=torch.long), persistent=False)
         self._set_resolution(self.resolutions[0])
@@ -117,7 +119,8 @@ class PlenoxelsField(RadianceField):
         live = rows >= 0
         wx, wy, wz = (torch.stack([1.0 - f[:, i], f[:, i]], dim=-1) for i in range(3))
         w = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(M, 8)
-        vals = self.table.index_select(0, rows.clamp_min(0).reshape(-1)).view(M, 8, -1)
+        vals = self.table.index_select(0, rows.clamp_min(0).reshape(-1))
+        vals = vals.view(M, 8, self.feature_dim)
         out = torch.bmm((w * live)[:, None, :], vals)[:, 0]  # [M, C]
         empty = (w * ~live).sum(dim=1, keepdim=True) * self.empty_sigma_raw
         return torch.cat([out[:, :1] + empty, out[:, 1:]], dim=-1)

@@ -11,8 +11,9 @@ the bounding box of the density above ``shrink_threshold`` (``aabb`` buffer); po
 the box get zero features, i.e. ``sigma_raw = density_shift`` (empty).
 
 TensoRF's density is ``25 * softplus(feat - 10)`` in a box 1.5x ours; under the shared ``exp``
-activation the same shift gives 37.5x smaller gradients, so the L1 weights are TensoRF's / 37.5
-(with the original 8e-5 the L1 wins at initialisation and the density never grows).
+activation the same shift gives 37.5x smaller photometric gradients in near-empty space, so the
+L1 weights are TensoRF's / 37.5 (with 8e-5 the L1 wins and a TensoRF-initialised density never
+grows). ``init_density`` starts the box semi-transparent instead of at ``exp(density_shift)``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class TensoRFField(RadianceField):
         shrink_steps: tuple[int, ...] = (500,),
         shrink_threshold: float = 0.1,
         density_shift: float = -10.0,
+        init_density: float | None = 0.3,
         mlp_hidden: int = 64,
         fea_pe: int = 2,
         view_pe: int = 2,
@@ -61,7 +63,9 @@ class TensoRFField(RadianceField):
     ) -> None:
         """``*_comp``: components per plane; ``shrink_threshold``: activated density bounding the
         crop; ``l1_weight`` switches to ``l1_weight_rest`` after the first shrink (TensoRF);
-        ``tv_*``: plane TV weights (TensoRF: 0 on synthetic scenes, ~1e-2 forward-facing)."""
+        ``tv_*``: plane TV weights (TensoRF: 0 on synthetic scenes, ~1e-2 forward-facing);
+        ``init_density``: activated density the box starts at (semi-transparent, and inside
+        PVD's [-2, 7] sigma_raw clamp, where a hard clamp passes gradients), None = TensoRF's."""
         super().__init__(density_clamp)
         steps = [int(s) for s in upsample_steps]
         self.upsample_steps = steps
@@ -74,7 +78,10 @@ class TensoRFField(RadianceField):
         self.stage, self.shrunk = 0, False
         self.register_buffer("aabb", torch.tensor([[-1.0] * 3, [1.0] * 3]))
         reso = n_to_reso(n_voxel_init, self.aabb)
-        self.density_enc = VMEncoding(density_comp, reso, init_scale)
+        offset = 0.0  # TensoRF: random planes, so sigma_raw starts at ~density_shift
+        if init_density is not None and math.log(init_density) > density_shift:
+            offset = math.sqrt((math.log(init_density) - density_shift) / sum(density_comp))
+        self.density_enc = VMEncoding(density_comp, reso, init_scale, offset)
         self.app_enc = VMEncoding(app_comp, reso, init_scale)
         self.n_sigma = self.density_enc.out_dim
         self.feature_dim = self.n_sigma + self.app_enc.out_dim

@@ -94,7 +94,8 @@ class DistillModule(RadianceModule):
 
     # --- one step -----------------------------------------------------------------------------
     @torch.no_grad()
-    def teacher_pass(self, rays_o: Tensor, rays_d: Tensor) -> tuple[Samples, RenderOutput]:
+    def teacher_pass(self, rays_o: Tensor, rays_d: Tensor,
+                     background: Tensor | None = None) -> tuple[Samples, RenderOutput]:
         T = self.teacher
         samples = march_rays(rays_o, rays_d, T.scene, T.grid, T.n_samples, perturb=True)
         feat = T.field.features(samples.positions)
@@ -102,7 +103,8 @@ class DistillModule(RadianceModule):
         out.sigma_raw = clamp_raw(out.sigma_raw, self.clamp)
         sig = activate_density(out.sigma_raw)
         w, _ = render_weights(samples.scatter(sig), samples.deltas)
-        res = composite(w, samples.scatter(out.rgb), samples.t_mid, self.background)
+        bg = self.background if background is None else background
+        res = composite(w, samples.scatter(out.rgb), samples.t_mid, bg)
         return samples, RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out,
                                      feat, sig)
 
@@ -115,7 +117,10 @@ class DistillModule(RadianceModule):
         ray_al = self.al.get("ray")
         if ray_al is not None:
             rays_o, rays_d = ray_al.augment(rays_o, rays_d)
-        samples, t = self.teacher_pass(rays_o, rays_d)
+        # a random background per ray (as in training) makes empty space match exactly
+        bg = (torch.rand_like(rays_o) if self.render_cfg.get("random_background", True)
+              else self.background)
+        samples, t = self.teacher_pass(rays_o, rays_d, bg)
         s_feat = self.field.features(samples.positions)
         point_mask = None
         losses: dict[str, Tensor] = {}
@@ -129,15 +134,16 @@ class DistillModule(RadianceModule):
             s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
             if stage == 3:
                 s_w, _ = render_weights(samples.scatter(activate_density(s_raw)), samples.deltas)
-                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid,
-                                  self.background)["rgb"]
+                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid, bg)["rgb"]
                 point_al = self.al.get("point")
                 if point_al is not None:
                     point_mask = point_al.select(t.weights, s_w.detach(), samples)
                     self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
                 losses["rgb"] = match_loss(s_rgb, t.rgb, "mse") * float(w["rgb"])
-            losses["sigma"] = match_loss(s_raw, t.field.sigma_raw, kind, point_mask) * float(
-                w["sigma"])
+            # the raw student density against the clamped teacher: the constraint is the
+            # target's range, and a student outside it still gets a gradient back into it
+            losses["sigma"] = match_loss(s_out.sigma_raw, t.field.sigma_raw, kind,
+                                         point_mask) * float(w["sigma"])
             both_feat = s_out.color_feat is not None and t.field.color_feat is not None
             s_c, t_c = ((s_out.color_feat, t.field.color_feat) if both_feat
                         else (s_out.rgb, t.field.rgb))

@@ -23,6 +23,7 @@ class FieldModule(RadianceModule):
                                    "background": [float(v) for v in background],
                                    "schedule_steps": self.schedule_steps,
                                    "data": self.data_cfg, "nan_policy": nan_policy})
+        self.random_background = bool(self.render_cfg.get("random_background", True))
         self.field = instantiate(self.arch["field"], _convert_="all")
         self.grid = OccupancyGrid(**self.grid_cfg)
 
@@ -31,9 +32,15 @@ class FieldModule(RadianceModule):
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)
+        bg, target = self.background, batch["rgb"]
+        if self.random_background and "alpha" in batch:
+            # re-composite the ground truth on a random colour per ray (instant-ngp): empty
+            # space can then only match every background with zero density
+            bg = torch.rand_like(target)
+            target = target + (bg - self.background) * (1.0 - batch["alpha"][:, None])
         out = render_rays(self.field, batch["rays_o"], batch["rays_d"], self.scene, self.grid,
-                          self.n_samples, self.background, perturb=True)
-        mse = F.mse_loss(out.rgb, batch["rgb"])
+                          self.n_samples, bg, perturb=True)
+        mse = F.mse_loss(out.rgb, target)
         loss, terms = mse, {"rgb": mse}
         reg = self.field.regularizer(out.samples.positions)
         if reg is not None:

@@ -94,7 +94,7 @@ class OccupancyGrid(nn.Module):
         opacity = self.density.clamp_min(0) * self.step_size
         evaluated = self.density >= 0
         thre = min(self.threshold, float(opacity[evaluated].mean())) if evaluated.any() else 0.0
-        self.binary = (opacity > thre) | ~evaluated
+        self.binary = (opacity >= thre) | ~evaluated  # >=: a uniform field stays occupied
 
     def occupancy_fraction(self) -> float:
         return float(self.binary.float().mean())

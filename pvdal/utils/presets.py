@@ -1,5 +1,6 @@
 """Size presets: every ``conf/arch/<name>.yaml`` carries ``paper:`` (paper-scale sizes, for GPUs)
-and ``tiny:`` (test-sized) blocks of field overrides. ``preset=paper`` (set by ``experiment=paper``) merges it into the
+and ``tiny:`` (test-sized) blocks of field overrides. ``preset=paper`` (set by
+``experiment=paper``) or ``preset=tiny`` merges that block into the
 arch's ``field`` for whichever architectures the run uses (arch, teacher, student), so one
 switch scales every architecture without an ``if arch == ...`` anywhere."""
 
