@@ -26,6 +26,10 @@ from pvdal.fields.base import FieldOutput, RadianceField
 log = logging.getLogger("pvdal")
 
 
+def _refresh_after_load(module: PlenoxelsField, _keys) -> None:
+    module._refresh_rows()  # module-level (not a lambda) so the field pickles for ddp_spawn
+
+
 class PlenoxelsField(RadianceField):
     has_color_feature = False
 
@@ -70,7 +74,7 @@ class PlenoxelsField(RadianceField):
         self._set_resolution(self.resolutions[0])
         self.register_buffer("index", torch.arange(n, dtype=torch.int32))
         self.register_buffer("row_vertex", torch.arange(n), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_rows())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # --- layout helpers -------------------------------------------------------------------
     @property
