@@ -264,6 +264,7 @@ class ViewOnly(pl.LightningModule):
         self.lin, self.al = torch.nn.Linear(3, 3), {"view": level}
 
     def training_step(self, batch, batch_idx):
+        batch = self.trainer.datamodule.ray_batch(self.global_step)  # as RadianceModule does
         mse = (self.lin(batch["rays_d"]) - batch["rays_d"].abs()).square().mean(-1)
         skew = ((batch["cam"] % 2) == self.global_rank).float() * (1 + batch["cam"] % 3)
         self.al["view"].observe(batch["cam"], mse.detach() + skew)
