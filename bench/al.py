@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=None, help="student steps (skip calibration)")
     p.add_argument("--quick", action="store_true", help="tiny scene and 8 steps: smoke check")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--teacher-ckpt", default=None, help="reuse this teacher (a train.py run)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. trainer=gpu")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     for pair in [s.strip() for s in a.pairs.split(",") if s.strip()]:
         # one teacher per teacher arch (cached by config hash under outputs/teachers)
-        ckpt = cached_teacher(make_cfg(pair, "none", runs / pair / "teacher", base))
+        ckpt = a.teacher_ckpt or cached_teacher(make_cfg(pair, "none", runs / pair / "teacher",
+                                                         base))
         common = [*base, f"teacher.ckpt={ckpt}"]
         steps = 8 if a.quick else a.steps
         if steps is None:

@@ -36,12 +36,18 @@ def checkpoints(budget: float, n: int = 10) -> list[float]:
 
 
 def run_curve(task: str, overrides: list[str], out_dir: Path, budget: float,
-              n_points: int = 10, max_images: int | None = None) -> dict:
-    """Run ``train`` or ``distill`` for ``budget`` seconds of training; returns the curve."""
+              n_points: int = 10, max_images: int | None = None,
+              max_steps: int | None = None) -> dict:
+    """Run ``train`` or ``distill`` for ``budget`` seconds of training; returns the curve.
+
+    The config's own ``trainer.max_steps`` (which also sets the learning-rate decay and the
+    distillation stages) is kept unless ``max_steps`` is given; training ends at the budget or
+    at max_steps, whichever comes first.
+    """
     from pvdal.tasks import distill, train
 
-    cfg = compose_cfg(task, out_dir, overrides + ["trainer.max_time=null",
-                                                  "trainer.max_steps=100000",
+    steps = [f"trainer.max_steps={max_steps}"] if max_steps else []
+    cfg = compose_cfg(task, out_dir, overrides + ["trainer.max_time=null", *steps,
                                                   "callbacks.rich_progress_bar=null"])
     cb = WallClockEval(checkpoints(budget, n_points), max_images)
     t0 = time.perf_counter()

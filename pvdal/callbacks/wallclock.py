@@ -36,6 +36,13 @@ class WallClockEval(pl.Callback):
         if not self.checkpoints:
             trainer.should_stop = True
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Training ended before the budget (max_steps): record the final point."""
+        if self.checkpoints:
+            self.rows.append({"time_s": round(self._elapsed, 1), "step": trainer.global_step,
+                              **self.evaluate(trainer, pl_module)})
+            self.checkpoints = []
+
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> dict:
         dm = trainer.datamodule

@@ -18,7 +18,7 @@ parser's default ``scale=1/1.5`` maps it into the unit box):
 Objects stand in front of each other from many views (occlusion) and cast hard shadows from two
 directional lights (a white key light and a weaker bluish fill) onto the ground and each other;
 an ambient term keeps shadows non-black. Colours are in [0, 1]. Each pixel averages a jittered
-2x2 supersampling (alpha = coverage), so edges and fine textures are anti-aliased.
+4x4 supersampling (alpha = coverage), so edges and fine textures are anti-aliased.
 
 Cameras follow NeRF-Synthetic: ``camera_angle_x`` = 0.6911 rad, radius 4.0, looking at the origin
 with world up +z, OpenGL camera axes (``pvdal.render.rays``). Azimuths are stratified around the
@@ -50,12 +50,12 @@ from torch import Tensor
 
 from pvdal.render.rays import pixel_rays
 
-SCENE_VERSION = 1
+SCENE_VERSION = 2
 MARKER = "scene.json"
 CAMERA_ANGLE_X = 0.6911112070083618  # NeRF-Synthetic's value
 RADIUS = 4.0
 ELEVATION_DEG = (10.0, 70.0)
-SUPERSAMPLE = 2  # jittered SUPERSAMPLE x SUPERSAMPLE samples per pixel
+SUPERSAMPLE = 4  # jittered SUPERSAMPLE x SUPERSAMPLE samples per pixel
 SPLIT_STREAM = {"train": 1, "val": 2, "test": 3}
 
 _EPS = 1e-4
@@ -84,14 +84,14 @@ def _ground_albedo(q: Tensor) -> Tensor:
     r = torch.sqrt(x * x + y * y)
     top = z > -0.01  # the slab's local top face is z = 0
     coarse = _parity(x * 2.5, y * 2.5)
-    fine = _parity(x * 10.0, y * 10.0)
+    fine = _parity(x * 6.0, y * 6.0)
     w = 0.75 * coarse + 0.25 * fine
     col = _mix((0.22, 0.26, 0.36), (0.88, 0.86, 0.78), w)
-    grid = (torch.sin(x * 40.0).abs() < 0.12) | (torch.sin(y * 40.0).abs() < 0.12)
+    grid = (torch.sin(x * 12.0).abs() < 0.3) | (torch.sin(y * 12.0).abs() < 0.3)
     col = torch.where(grid[:, None], col * 0.55, col)
     ring = torch.sin(r * 18.0) > 0.92
     col = torch.where(ring[:, None], torch.tensor((0.75, 0.25, 0.15)), col)
-    rim = _mix((0.2, 0.2, 0.2), (0.9, 0.7, 0.2), (torch.sin(torch.atan2(y, x) * 48.0) > 0).float())
+    rim = _mix((0.2, 0.2, 0.2), (0.9, 0.7, 0.2), (torch.sin(torch.atan2(y, x) * 32.0) > 0).float())
     return torch.where(top[:, None], col, rim)
 
 
@@ -106,9 +106,9 @@ def _glossy_sphere_albedo(q: Tensor) -> Tensor:
 
 def _box_albedo(q: Tensor) -> Tensor:
     x, y, z = q.unbind(-1)
-    w = _parity(x * 9.0, y * 9.0, z * 9.0)
+    w = _parity(x * 6.0, y * 6.0, z * 6.0)
     col = _mix((0.95, 0.55, 0.10), (0.95, 0.92, 0.78), w)
-    stripe = torch.sin((x + y + z) * 55.0) > 0.75
+    stripe = torch.sin((x + y + z) * 25.0) > 0.75
     return torch.where(stripe[:, None], torch.tensor((0.15, 0.10, 0.10)), col)
 
 
@@ -118,7 +118,7 @@ def _cylinder_albedo(q: Tensor) -> Tensor:
     spiral = (torch.sin(phi * 6.0 + z * 20.0) > 0).float()
     side = _mix((0.10, 0.60, 0.25), (0.95, 0.85, 0.20), spiral)
     r = torch.sqrt(x * x + y * y)
-    cap = _mix((0.95, 0.95, 0.95), (0.10, 0.35, 0.20), (torch.sin(r * 90.0) > 0).float())
+    cap = _mix((0.95, 0.95, 0.95), (0.10, 0.35, 0.20), (torch.sin(r * 40.0) > 0).float())
     on_cap = r < 0.2 - 1e-3
     return torch.where(on_cap[:, None], cap, side)
 
@@ -126,7 +126,7 @@ def _cylinder_albedo(q: Tensor) -> Tensor:
 def _matte_sphere_albedo(q: Tensor) -> Tensor:
     x, y, z = q.unbind(-1)
     v = (0.5 + 0.22 * torch.sin(x * 9.0) * torch.sin(y * 9.0) * torch.sin(z * 9.0 + 1.0)
-         + 0.18 * torch.sin((x + 2.0 * y) * 23.0) + 0.10 * torch.sin((z - x) * 47.0))
+         + 0.18 * torch.sin((x + 2.0 * y) * 23.0) + 0.10 * torch.sin((z - x) * 25.0))
     return _mix((0.45, 0.18, 0.62), (0.10, 0.75, 0.70), v.clamp(0.0, 1.0))
 
 
