@@ -114,6 +114,9 @@ class RadianceModule(pl.LightningModule):
                          "good state is in checkpoints/last.ckpt",
                          "lower the learning rate, or set nan_policy=skip to drop such batches")
 
+    def after_grid_update(self) -> None:
+        """Hook after an occupancy update (distillation restricts the student's grid)."""
+
     def extra_param_groups(self) -> list[dict]:
         """Trainable parameters outside the field (e.g. distillation's feature projection)."""
         return []
@@ -133,6 +136,7 @@ class RadianceModule(pl.LightningModule):
             self.trainer.strategy.setup_optimizers(self.trainer)
         if self.grid.should_update(step):
             self.grid.update(step, self.field.density, self.step_size)
+            self.after_grid_update()
             self.log("train/occupancy", self.grid.occupancy_fraction())
 
     # --- evaluation ---------------------------------------------------------------------------

@@ -45,9 +45,10 @@ class DistillModule(RadianceModule):
                                    "distill": distill})
         self.cfg = distill
         self.field = instantiate(student_arch["field"], _convert_="all")
+        # the student's grid covers the teacher's cells (same resolution, see after_grid_update)
+        self.grid_cfg["resolution"] = teacher.grid.resolution
         self.grid = OccupancyGrid(**self.grid_cfg)
-        if self.grid.resolution == teacher.grid.resolution:  # start from the teacher's volume
-            self.grid.load_state_dict(teacher.grid.state_dict())
+        self.grid.load_state_dict(teacher.grid.state_dict())  # start from the teacher's volume
         teacher.field.eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # plain attribute: not a submodule, not saved
         t_field = teacher.field
@@ -91,6 +92,16 @@ class DistillModule(RadianceModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.field_hooks()
+
+    @torch.no_grad()
+    def after_grid_update(self) -> None:
+        """The student is only supervised where the teacher samples (the teacher's occupied
+        cells); its density elsewhere is untrained, so its saved grid never marks a cell the
+        teacher's grid leaves empty (that would render floaters)."""
+        keep = self.teacher.grid.binary.to(self.grid.density.device)
+        self.grid.density.copy_(torch.where(keep, self.grid.density,
+                                            torch.zeros_like(self.grid.density)))
+        self.grid.refresh()
 
     # --- one step -----------------------------------------------------------------------------
     @torch.no_grad()
