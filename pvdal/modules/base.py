@@ -196,16 +196,12 @@ class RadianceModule(pl.LightningModule):
     def n_rays(batch) -> int:
         return int(batch["hw"][0]) * int(batch["hw"][1])
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.field.parameters())
-
-    def size_mb(self) -> float:
-        n = sum(t.numel() * t.element_size() for t in self.field.state_dict().values())
-        return n / 2**20
-
-    def summarize_test(self) -> dict:
-        """Mean test metrics of ``self._test_rows`` (psnr/ssim only where ground truth exists)."""
-        rows = self._test_rows
+    def summarize_test(self, rows: list[dict] | None = None,
+                       field: RadianceField | None = None) -> dict:
+        """Mean test metrics of ``rows`` (default: this module's test rows; psnr/ssim only
+        where ground truth exists) and the size of ``field`` (default: the trained one)."""
+        rows = self._test_rows if rows is None else rows
+        field = self.field if field is None else field
         out: dict = {k: float(np.mean([r[k] for r in rows]))
                      for k in ("psnr", "ssim") if rows and all(k in r for r in rows)}
         lp = [r.get("lpips") for r in rows]
@@ -213,8 +209,9 @@ class RadianceModule(pl.LightningModule):
         t = sum(r["time"] for r in rows)
         out["fps"] = len(rows) / t if t > 0 else None
         out["render_rays_per_s"] = sum(r.get("rays", 0) for r in rows) / t if t > 0 else None
-        out["num_params"] = self.num_params()
-        out["size_mb"] = self.size_mb()
+        out["num_params"] = sum(p.numel() for p in field.parameters())
+        out["size_mb"] = sum(t.numel() * t.element_size()
+                             for t in field.state_dict().values()) / 2**20
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in out.items()}
 

@@ -237,14 +237,9 @@ class DistillModule(RadianceModule):
     def test_summary(self) -> dict:
         import numpy as np
 
+        rows = self._test_rows
         student = self.summarize_test()
-        rows, self._test_rows = self._test_rows, self._teacher_rows
-        teacher = self.summarize_test()
-        self._test_rows = rows
-        T = self.teacher.field
-        teacher["num_params"] = sum(p.numel() for p in T.parameters())
-        teacher["size_mb"] = sum(v.numel() * v.element_size()
-                                 for v in T.state_dict().values()) / 2**20
+        teacher = self.summarize_test(self._teacher_rows, self.teacher.field)
         vs = float(np.mean([r["vs_teacher"] for r in rows])) if rows else None
         return {"student": student, "teacher": teacher, "student_vs_teacher_psnr": vs,
                 "teacher_ckpt": self.teacher.path,
