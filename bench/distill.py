@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--teacher-ckpt", default=None, help="reuse a train.py checkpoint")
     ap.add_argument("--points", type=int, default=10)
     ap.add_argument("--al", default="none")
+    ap.add_argument("--student-steps", type=int, default=None,
+                    help="the student's schedule length (trainer.max_steps); default: the config's")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvdal-bench-distill-"))
@@ -54,14 +56,19 @@ def main() -> None:
         student = run_curve("distill", [f"teacher.ckpt={ckpt}", f"student={s_arch}",
                                         f"al={args.al}", "distill.stages.feat_end=50",
                                         "distill.stages.point_end=200", *args.overrides],
-                            work / f"student_{pair}", args.budget, args.points)
-        s_psnr = student["result"]["student"]["psnr"]
-        c_psnr = scratch["result"]["psnr"]
+                            work / f"student_{pair}", args.budget, args.points,
+                            max_steps=args.student_steps)
+        # scratch stops at the budget or at its schedule's end, whichever comes first; the
+        # student is read at the same time (its last curve point not after it)
+        c_time = min(args.budget, scratch["curve"][-1]["time_s"])
+        c_psnr = scratch["curve"][-1]["psnr"]
+        s_psnr = next((r["psnr"] for r in reversed(student["curve"])
+                       if r["time_s"] <= c_time + 1e-6), None)
         reach = time_to_reach(student["curve"], c_psnr)
         rows.append({"pair": pair, "teacher_psnr": t_psnr, "student_psnr": s_psnr,
-                     "scratch_psnr": c_psnr, "scratch_time_s": args.budget,
+                     "scratch_psnr": c_psnr, "scratch_time_s": c_time,
                      "student_time_to_scratch_psnr_s": reach,
-                     "speedup": (args.budget / reach) if reach else None,
+                     "speedup": (c_time / reach) if reach else None,
                      "teacher_time_s": t_time,
                      "student_vs_teacher_psnr": student["result"]["student_vs_teacher_psnr"],
                      "student_curve": student["curve"], "scratch_curve": scratch["curve"]})

@@ -33,12 +33,15 @@ def main() -> None:
         row = {"arch": arch, "num_params": res["num_params"], "size_mb": res["size_mb"],
                "train_rays_per_s": res["steps"] * batch / res["train_time_s"],
                "render_rays_per_s": res.get("render_rays_per_s"), "steps": res["steps"],
-               "final_psnr": res.get("psnr"), "ssim": res.get("ssim"), "curve": run["curve"]}
+               "train_time_s": res["train_time_s"], "final_psnr": res.get("psnr"),
+               "ssim": res.get("ssim"), "curve": run["curve"]}
         for c in run["curve"]:
             row[f"psnr@{int(c['time_s'])}s"] = c["psnr"]
         rows.append(row)
+        at = sorted({k for r in rows for k in r if k.startswith("psnr@")},
+                    key=lambda k: float(k[5:-1]))
         keys = ["arch", "num_params", "size_mb", "train_rays_per_s", "render_rays_per_s",
-                "steps", *[k for k in row if k.startswith("psnr@")], "final_psnr"]
+                "steps", *at, "train_time_s", "final_psnr"]
         write_results("fields", rows, "## Architectures on the default scene\n\n"
                       + md_table(rows, keys))
 
