@@ -1,6 +1,6 @@
 """Every architecture on the default scene (run by hand).
 
-    python -m bench.fields [--archs mlp,plenoxels,tensorf,ngp] [--budget 900] [--points 5]
+    python -m bench.fields [--archs mlp,plenoxels,tensorf,ngp] [--budget 900] [--points 5] [--merge]
 
 For each arch: parameters, MB, train and render rays/s, and test PSNR at fixed wall-clock points.
 Writes bench/results/fields.json (one object per arch) and bench/results/fields.md.
@@ -9,10 +9,11 @@ Writes bench/results/fields.json (one object per arch) and bench/results/fields.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
-from bench.common import md_table, run_curve, write_results
+from bench.common import RESULTS, md_table, run_curve, write_results
 
 
 def main() -> None:
@@ -20,13 +21,18 @@ def main() -> None:
     ap.add_argument("--archs", default="mlp,plenoxels,tensorf,ngp")
     ap.add_argument("--budget", type=float, default=900.0, help="training seconds per arch")
     ap.add_argument("--points", type=int, default=5)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of archs not run from the existing fields.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvdal-bench-fields-"))
     batch = next((int(o.split("=")[1]) for o in args.overrides
                   if o.startswith("data.batch_size=")), 1024)
-    rows = []
-    for arch in args.archs.split(","):
+    archs = args.archs.split(",")
+    old = RESULTS / "fields.json"
+    rows = ([r for r in json.loads(old.read_text()) if r["arch"] not in archs]
+            if args.merge and old.exists() else [])
+    for arch in archs:
         run = run_curve("train", [f"arch={arch}", *args.overrides], work / arch, args.budget,
                         args.points)
         res = run["result"]
