@@ -1,6 +1,7 @@
 """PVD's headline on this machine: distilled student vs the same architecture from scratch.
 
     python -m bench.distill [--pairs ngp2mlp,ngp2tensorf] [--budget 600] [--teacher-budget 600]
+        [--teacher-ckpt PATH] [--student-steps N] [--merge] [hydra overrides]
 
 For each pair: train the teacher (or reuse --teacher-ckpt), train the student architecture from
 scratch for --budget seconds, distil the student for the same budget, and record test PSNR
@@ -12,10 +13,11 @@ speedup, teacher_time_s (+ the curves).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
-from bench.common import md_table, run_curve, time_to_reach, write_results
+from bench.common import RESULTS, md_table, run_curve, time_to_reach, write_results
 
 KEYS = ["pair", "teacher_psnr", "student_psnr", "scratch_psnr", "scratch_time_s",
         "student_time_to_scratch_psnr_s", "speedup", "teacher_time_s"]
@@ -31,17 +33,20 @@ def main() -> None:
     ap.add_argument("--al", default="none")
     ap.add_argument("--student-steps", type=int, default=None,
                     help="the student's schedule length (trainer.max_steps); default: the config's")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of pairs not run from the existing distill.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvdal-bench-distill-"))
     teachers: dict[str, tuple[str, float, float]] = {}
-    rows = []
-    for pair in args.pairs.split(","):
+    pairs = args.pairs.split(",")
+    old = RESULTS / "distill.json"
+    rows = ([r for r in json.loads(old.read_text()) if r["pair"] not in pairs]
+            if args.merge and old.exists() else [])
+    for pair in pairs:
         t_arch, s_arch = pair.split("2")
         if t_arch not in teachers:
             if args.teacher_ckpt:
-                import json
-
                 ck = Path(args.teacher_ckpt)
                 m = json.loads((ck.parents[1] / "metrics.json").read_text())
                 teachers[t_arch] = (str(ck), m["psnr"], m["train_time_s"])
