@@ -23,6 +23,9 @@ TINY_RUN = ["trainer.max_steps=8", "trainer.max_time=null", "trainer.log_every_n
             "render.n_samples=48", "grid.resolution=16", "grid.update_every=4",
             "grid.warmup_steps=4", "callbacks.rich_progress_bar=null",
             "trainer.enable_progress_bar=false"]
+# active learning that acts within a few steps (no warm-up, tiny pools)
+TINY_AL = ["al.view.warmup_epochs=0", "al.view.n_views=4", "al.view.pool_size=2",
+           "al.ray.pool_batches=2"]
 # every architecture's test size is its conf/arch/<name>.yaml `tiny:` block
 TINY_ARCH = {name: ["preset=tiny"] for name in ("ngp", "mlp", "plenoxels", "tensorf")}
 

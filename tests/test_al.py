@@ -20,11 +20,9 @@ from pvdal.data.frames import Frames
 from pvdal.render.march import Samples
 from pvdal.tasks import distill
 from pvdal.utils.errors import ConfigError
-from tests.conftest import compose_cfg
+from tests.conftest import TINY_AL, compose_cfg
 
 ANGLE = math.pi / 20
-TINY_AL = ["al.view.warmup_epochs=0", "al.view.n_views=4", "al.view.pool_size=2",
-           "al.ray.pool_batches=2"]
 
 
 # --- hand-built inputs ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pvdal.modules.distill_module import DistillModule
 from pvdal.render.renderer import render_chunked
 from pvdal.tasks import distill, train
 from pvdal.utils.errors import CheckpointError, ConfigError
-from tests.conftest import TINY_ARCH, TINY_DATA, TINY_RUN, compose_cfg
+from tests.conftest import TINY_AL, TINY_ARCH, TINY_DATA, TINY_RUN, compose_cfg
 
 ARCHS = [a for a in ("mlp", "plenoxels", "tensorf", "ngp")
          if (Path(__file__).parents[1] / "conf" / "arch" / f"{a}.yaml").is_file()]
@@ -78,8 +78,10 @@ def _fixed_batch_losses(module: DistillModule, steps: int) -> dict[str, list[flo
 def test_every_pair_distills(teacher_arch, student, teachers, distill_cfg, tmp_path):
     teacher_path = teachers[teacher_arch]
     t_before = state_hash(load_field(teacher_path).field)
+    # with all three active-learning levels on (tiny pools: each level acts within 6 steps)
     cfg = distill_cfg(student, [f"teacher.ckpt={teacher_path}", "trainer.max_steps=6",
-                                "distill.stages.feat_end=2", "distill.stages.point_end=4"])
+                                "distill.stages.feat_end=1", "distill.stages.point_end=3",
+                                "al=full", *TINY_AL])
     result = distill.run(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
