@@ -167,3 +167,16 @@ def test_teacher_trained_once_and_cached(distill_cfg, caplog):
         distill.run(cfg)
     assert "reusing cached ngp teacher" in caplog.text
     assert teachers[0].stat().st_mtime_ns == mtime
+
+
+def test_student_config_sets_batch_and_schedule(tmp_path, data_dir):
+    """A student's batch_size / distill_steps reach data and trainer; explicit keys still win."""
+    mlp = compose_cfg("distill", tmp_path / "a", data_dir, ["student=mlp"])
+    assert (mlp.data.batch_size, mlp.trainer.max_steps) == (512, 5000)
+    ngp = compose_cfg("distill", tmp_path / "b", data_dir, ["student=ngp"])
+    assert (ngp.data.batch_size, ngp.trainer.max_steps) == (1024, 2500)
+    explicit = compose_cfg("distill", tmp_path / "c", data_dir,
+                           ["student=mlp", "data.batch_size=64", "trainer.max_steps=8"])
+    assert (explicit.data.batch_size, explicit.trainer.max_steps) == (64, 8)
+    train_cfg = compose_cfg("train", tmp_path / "d", data_dir, ["arch=mlp"])
+    assert (train_cfg.data.batch_size, train_cfg.trainer.max_steps) == (1024, 2500)
