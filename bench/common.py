@@ -68,6 +68,12 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
+def previous_rows(name: str, key: str) -> dict[str, dict]:
+    """Rows of an earlier ``bench/results/<name>.json`` by ``key`` ({} when there is none)."""
+    path = RESULTS / f"{name}.json"
+    return {r[key]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
 def write_results(name: str, rows: list, table: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{name}.json", rows)

@@ -18,7 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench.common import RESULTS, md_table, run_curve, time_to_reach, write_results
+from bench.common import md_table, previous_rows, run_curve, time_to_reach, write_results
 
 KEYS = ["pair", "al", "teacher_psnr", "student_psnr", "scratch_psnr", "scratch_time_s",
         "student_time_to_scratch_psnr_s", "speedup", "teacher_time_s"]
@@ -43,8 +43,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pvdal-bench-distill-"))
     teachers: dict[str, tuple[str, float, float]] = {}
     pairs = args.pairs.split(",")
-    old = RESULTS / "distill.json"
-    previous = {r["pair"]: r for r in json.loads(old.read_text())} if old.exists() else {}
+    previous = previous_rows("distill", "pair")
     rows = [r for p, r in previous.items() if p not in pairs] if args.merge else []
     for pair in pairs:
         t_arch, s_arch = pair.split("2")

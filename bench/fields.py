@@ -9,11 +9,10 @@ Writes bench/results/fields.json (one object per arch) and bench/results/fields.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
-from bench.common import RESULTS, md_table, run_curve, write_results
+from bench.common import md_table, previous_rows, run_curve, write_results
 
 
 def main() -> None:
@@ -29,9 +28,8 @@ def main() -> None:
     batch = next((int(o.split("=")[1]) for o in args.overrides
                   if o.startswith("data.batch_size=")), 1024)
     archs = args.archs.split(",")
-    old = RESULTS / "fields.json"
-    rows = ([r for r in json.loads(old.read_text()) if r["arch"] not in archs]
-            if args.merge and old.exists() else [])
+    previous = previous_rows("fields", "arch") if args.merge else {}
+    rows = [r for a, r in previous.items() if a not in archs]
     for arch in archs:
         run = run_curve("train", [f"arch={arch}", *args.overrides], work / arch, args.budget,
                         args.points)
