@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--teacher-budget", type=float, default=600.0)
     ap.add_argument("--teacher-ckpt", default=None, help="reuse a train.py checkpoint")
     ap.add_argument("--points", type=int, default=10)
-    ap.add_argument("--al", default="none")
+    ap.add_argument("--al", default="ray")
     ap.add_argument("--student-steps", type=int, default=None,
                     help="the student's schedule length (trainer.max_steps); default: the config's")
     ap.add_argument("--merge", action="store_true",

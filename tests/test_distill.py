@@ -13,6 +13,7 @@ from pvdal.distill.stages import StageSchedule
 from pvdal.io.checkpoint import load_field
 from pvdal.modules.distill_module import DistillModule
 from pvdal.render.renderer import render_chunked
+from pvdal.render.volrend import render_weights
 from pvdal.tasks import distill, train
 from pvdal.utils.errors import CheckpointError, ConfigError
 from tests.conftest import TINY_AL, TINY_ARCH, TINY_DATA, TINY_RUN, compose_cfg
@@ -146,6 +147,29 @@ def test_density_clamp_applies_to_teacher_and_student(distill_cfg, tiny_teacher)
     off = distill_cfg("ngp", ["distill.density_clamp=null"])
     m2 = DistillModule(load_field(tiny_teacher), off.student, off.distill, off.render, off.grid)
     assert m2.field.density_clamp is None
+
+
+def test_early_stop_drops_hidden_samples_not_the_target(distill_cfg, tiny_teacher):
+    o = torch.tensor([[0.0, 0.0, 2.8]]).repeat(64, 1)
+    d = torch.nn.functional.normalize(torch.randn(64, 3) * 0.2 + torch.tensor([0, 0, -1.0]), dim=-1)
+    passes = {}
+    for eps in (0.0, 0.99):  # 0.99: even the tiny teacher hides some samples
+        cfg = distill_cfg("ngp", [f"distill.early_stop_eps={eps}"])
+        module = DistillModule(load_field(tiny_teacher), cfg.student, cfg.distill, cfg.render,
+                               cfg.grid)
+        module._teacher_to_device()
+        torch.manual_seed(0)  # the same jittered samples for both passes
+        passes[eps] = module.teacher_pass(o, d)
+    (s_all, t_all), (s_kept, t_kept) = passes[0.0], passes[0.99]
+    assert torch.equal(t_kept.rgb, t_all.rgb)  # the target still composites every sample
+    trans = render_weights(s_all.scatter(t_all.sigmas), s_all.deltas)[1][s_all.mask]
+    visible = trans >= 0.99
+    assert 0 < int(visible.sum()) < len(visible)
+    assert torch.equal(s_kept.positions, s_all.positions[visible])
+    assert torch.equal(t_kept.field.sigma_raw, t_all.field.sigma_raw[visible])
+    assert torch.equal(t_kept.features, t_all.features[visible])
+    assert int(s_kept.mask.sum()) == len(s_kept.positions)
+    assert torch.equal(s_kept.ray_indices, s_all.ray_indices[visible])
 
 
 def test_teacher_arch_mismatch_is_a_clear_error(distill_cfg, tiny_teacher):

@@ -129,6 +129,17 @@ class RadianceModule(pl.LightningModule):
         rays = self.trainer.datamodule.ray_batch(self.global_step)
         return {k: v.to(self.device) for k, v in rays.items()}
 
+    def log_step(self) -> bool:
+        """Whether this training step's values reach the logger (every ``log_every_n_steps``).
+
+        Each ``self.log`` costs ~1 ms of Lightning bookkeeping, about a tenth of a small
+        model's step on CPU, and Lightning only writes the values of these steps anyway."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        every = trainer.log_every_n_steps
+        return every > 0 and ((self.global_step + 1) % every == 0 or trainer.should_stop)
+
     def field_hooks(self) -> None:
         """Field-specific schedule (upsampling, pruning) and occupancy update, before a step."""
         step = self.global_step

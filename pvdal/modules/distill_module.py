@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pvdal.distill.losses import clamp_raw, match_loss, per_ray_error, psnr_from_mse
 from pvdal.distill.stages import StageSchedule
 from pvdal.fields.activation import activate_density
+from pvdal.fields.base import FieldOutput
 from pvdal.io.checkpoint import LoadedField
 from pvdal.modules.base import RadianceModule, as_dict
 from pvdal.render.march import Samples, march_rays
@@ -107,15 +108,27 @@ class DistillModule(RadianceModule):
     @torch.no_grad()
     def teacher_pass(self, rays_o: Tensor, rays_d: Tensor,
                      background: Tensor | None = None) -> tuple[Samples, RenderOutput]:
+        """The teacher's samples and render. With ``early_stop_eps`` > 0 the returned samples
+        (and per-sample outputs) leave out those behind the teacher's surfaces (transmittance
+        below eps, as nerfacc's early stop): they cannot change the rendered colour, and on an
+        object they are about half of all samples, so the student steps ~1.5x faster."""
         T = self.teacher
         samples = march_rays(rays_o, rays_d, T.scene, T.grid, T.n_samples, perturb=True)
         feat = T.field.features(samples.positions)
         out = T.field.decode(feat, samples.dirs)
         out.sigma_raw = clamp_raw(out.sigma_raw, self.clamp)
         sig = activate_density(out.sigma_raw)
-        w, _ = render_weights(samples.scatter(sig), samples.deltas)
+        w, trans = render_weights(samples.scatter(sig), samples.deltas)
         bg = self.background if background is None else background
         res = composite(w, samples.scatter(out.rgb), samples.t_mid, bg)
+        eps = float(self.cfg.get("early_stop_eps") or 0.0)
+        if eps > 0.0:  # the target above used every sample; the student skips hidden ones
+            keep = trans[samples.mask] >= eps
+            samples = samples.keep(keep)
+            out = FieldOutput(out.sigma_raw[keep],
+                              None if out.color_feat is None else out.color_feat[keep],
+                              out.rgb[keep])
+            feat, sig, w = feat[keep], sig[keep], w * samples.mask
         return samples, RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out,
                                      feat, sig)
 
@@ -149,7 +162,6 @@ class DistillModule(RadianceModule):
                 point_al = self.al.get("point")
                 if point_al is not None:
                     point_mask = point_al.select(t.weights, s_w.detach(), samples)
-                    self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
                 losses["rgb"] = match_loss(s_rgb, t.rgb, "mse") * float(w["rgb"])
             # the raw student density against the clamped teacher: the constraint is the
             # target's range, and a student outside it still gets a gradient back into it
@@ -169,15 +181,19 @@ class DistillModule(RadianceModule):
             losses["reg"] = reg
         if self.finite_or_none(loss, losses) is None:
             return None
-        n = rays_o.shape[0]
-        for k, v in losses.items():
-            self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
-        self.log("distill/stage", float(stage), batch_size=n)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+        n, log = rays_o.shape[0], self.log_step()
+        if log:
+            for k, v in losses.items():
+                self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
+            self.log("distill/stage", float(stage), batch_size=n)
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+            if point_mask is not None:
+                self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
         if s_rgb is not None:
             err = per_ray_error(s_rgb.detach(), t.rgb)
-            mse = (s_rgb.detach() - t.rgb).square().mean()
-            self.log("train/psnr", psnr_from_mse(mse), prog_bar=True, batch_size=n)
+            if log:
+                mse = (s_rgb.detach() - t.rgb).square().mean()
+                self.log("train/psnr", psnr_from_mse(mse), prog_bar=True, batch_size=n)
             if ray_al is not None:
                 ray_al.observe(rays_o, rays_d, err)
             view_al = self.al.get("view")

@@ -45,13 +45,15 @@ class FieldModule(RadianceModule):
         reg = self.field.regularizer(out.samples.positions)
         if reg is not None:
             loss, terms["reg"] = loss + reg, reg
-            self.log("train/reg", reg.detach())
         if self.finite_or_none(loss, terms) is None:
             return None
-        n = batch["rays_o"].shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
-        self.log("train/psnr", -10 * torch.log10(mse.detach()), prog_bar=True, batch_size=n)
-        self.log("train/samples_per_ray", out.samples.positions.shape[0] / n, batch_size=n)
+        if self.log_step():
+            n = batch["rays_o"].shape[0]
+            if reg is not None:
+                self.log("train/reg", reg.detach())
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+            self.log("train/psnr", -10 * torch.log10(mse.detach()), prog_bar=True, batch_size=n)
+            self.log("train/samples_per_ray", out.samples.positions.shape[0] / n, batch_size=n)
         return loss
 
     def validation_step(self, batch, batch_idx):

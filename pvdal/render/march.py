@@ -46,6 +46,14 @@ class Samples:
         out = values.new_full((*self.mask.shape, *values.shape[1:]), fill)
         return out.index_put((*torch.nonzero(self.mask, as_tuple=True),), values)
 
+    def keep(self, packed: Tensor) -> Samples:
+        """The kept samples where ``packed`` ([M] bool) is True; the rest become skipped."""
+        mask = torch.zeros_like(self.mask)
+        ids = torch.nonzero(self.mask, as_tuple=True)
+        mask[ids[0][packed], ids[1][packed]] = True
+        return Samples(mask, self.t_starts, self.t_ends, self.positions[packed],
+                       self.dirs[packed], self.ray_indices[packed])
+
     def select(self, ray_ids: Tensor) -> Samples:
         """The samples of a subset of rays (used by active learning)."""
         keep = torch.zeros(self.n_rays, dtype=torch.bool, device=self.mask.device)
