@@ -204,3 +204,18 @@ def test_student_config_sets_batch_and_schedule(tmp_path, data_dir):
     assert (explicit.data.batch_size, explicit.trainer.max_steps) == (64, 8)
     train_cfg = compose_cfg("train", tmp_path / "d", data_dir, ["arch=mlp"])
     assert (train_cfg.data.batch_size, train_cfg.trainer.max_steps) == (1024, 2500)
+
+
+def test_arch_config_sets_its_marching_samples(tmp_path, data_dir):
+    """An arch's n_samples reaches render.n_samples (train, and a teacher trained by distill)."""
+    if "tensorf" not in ARCHS:
+        pytest.skip("needs tensorf")
+
+    def samples(task: str, name: str, ov: list[str]) -> int:
+        return int(compose_cfg(task, tmp_path / name, data_dir, ov).render.n_samples)
+
+    assert samples("train", "a", ["arch=tensorf"]) == 256
+    assert samples("train", "b", ["arch=ngp"]) == 128
+    assert samples("train", "c", ["arch=tensorf", "render.n_samples=64"]) == 64
+    assert samples("distill", "d", ["teacher=tensorf"]) == 256
+    assert samples("distill", "e", ["teacher=ngp", "student=tensorf"]) == 128
