@@ -36,6 +36,7 @@ class DistillModule(RadianceModule):
         student_arch = as_dict(student_arch)
         clamp = distill.get("density_clamp")
         self.clamp = tuple(clamp) if clamp is not None else None
+        self.early_stop_eps = float(distill.get("early_stop_eps") or 0.0)
         student_arch["field"]["density_clamp"] = list(self.clamp) if self.clamp else None
         render = {**as_dict(render), "n_samples": teacher.n_samples}
         super().__init__(student_arch, render, grid, teacher.scene.as_dict(),
@@ -111,7 +112,7 @@ class DistillModule(RadianceModule):
         """The teacher's samples and render. With ``early_stop_eps`` > 0 the returned samples
         (and per-sample outputs) leave out those behind the teacher's surfaces (transmittance
         below eps, as nerfacc's early stop): they cannot change the rendered colour, and on an
-        object they are about half of all samples, so the student steps ~1.5x faster."""
+        object they are about half of all samples (ngp->mlp: ~1.2x more student steps a second)."""
         T = self.teacher
         samples = march_rays(rays_o, rays_d, T.scene, T.grid, T.n_samples, perturb=True)
         feat = T.field.features(samples.positions)
@@ -121,9 +122,8 @@ class DistillModule(RadianceModule):
         w, trans = render_weights(samples.scatter(sig), samples.deltas)
         bg = self.background if background is None else background
         res = composite(w, samples.scatter(out.rgb), samples.t_mid, bg)
-        eps = float(self.cfg.get("early_stop_eps") or 0.0)
-        if eps > 0.0:  # the target above used every sample; the student skips hidden ones
-            keep = trans[samples.mask] >= eps
+        if self.early_stop_eps > 0.0:  # the target above used every sample; the student skips
+            keep = trans[samples.mask] >= self.early_stop_eps  # the hidden ones
             samples = samples.keep(keep)
             out = FieldOutput(out.sigma_raw[keep],
                               None if out.color_feat is None else out.color_feat[keep],
@@ -181,8 +181,8 @@ class DistillModule(RadianceModule):
             losses["reg"] = reg
         if self.finite_or_none(loss, losses) is None:
             return None
-        n, log = rays_o.shape[0], self.log_step()
-        if log:
+        n, write_logs = rays_o.shape[0], self.log_step()
+        if write_logs:
             for k, v in losses.items():
                 self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
             self.log("distill/stage", float(stage), batch_size=n)
@@ -191,7 +191,7 @@ class DistillModule(RadianceModule):
                 self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
         if s_rgb is not None:
             err = per_ray_error(s_rgb.detach(), t.rgb)
-            if log:
+            if write_logs:
                 mse = (s_rgb.detach() - t.rgb).square().mean()
                 self.log("train/psnr", psnr_from_mse(mse), prog_bar=True, batch_size=n)
             if ray_al is not None:

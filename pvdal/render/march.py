@@ -48,9 +48,8 @@ class Samples:
 
     def keep(self, packed: Tensor) -> Samples:
         """The kept samples where ``packed`` ([M] bool) is True; the rest become skipped."""
-        mask = torch.zeros_like(self.mask)
-        ids = torch.nonzero(self.mask, as_tuple=True)
-        mask[ids[0][packed], ids[1][packed]] = True
+        mask = self.mask.clone()
+        mask[self.mask] = packed  # boolean indexing visits kept samples in packed order
         return Samples(mask, self.t_starts, self.t_ends, self.positions[packed],
                        self.dirs[packed], self.ray_indices[packed])
 
