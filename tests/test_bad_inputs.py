@@ -165,6 +165,7 @@ def test_unknown_names_fail_at_compose(config, overrides, pattern, tmp_path, dat
     ("train", "grid.ema_decay=1.5", "grid.ema_decay"),
     ("train", "data.batch_size=0", "data.batch_size"),
     ("distill", "distill.feat_decay=1.5", "distill.feat_decay"),
+    ("distill", "distill.early_stop_eps=-0.1", "distill.early_stop_eps"),
     ("distill", "al.ray.hard_fraction=1.5", "al.ray.hard_fraction"),
     ("distill", "al.point.top_fraction=1.5", "al.point.top_fraction"),
 ])

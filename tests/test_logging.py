@@ -30,3 +30,25 @@ def test_wandb_offline_tensorboard_and_csv(distill_cfg, monkeypatch):
     csv_text = next(out.glob("csv/version_*/metrics.csv")).read_text()
     assert "distill/loss_rgb" in csv_text and "val/psnr" in csv_text
     assert list((out / "val").glob("step*.png"))
+
+
+def test_training_steps_log_every_n_steps(distill_cfg):
+    """Per-step values are logged (self.log, ~1 ms each) only on the steps the logger writes."""
+    import csv
+
+    import pytorch_lightning as pl
+
+    class Record(pl.Callback):
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self.seen.append(module.log_step())
+
+    cfg = distill_cfg("ngp", ["trainer.max_steps=8", "trainer.log_every_n_steps=3",
+                              "data.steps_per_epoch=8"])
+    rec = Record()
+    distill.run(cfg, [rec])
+    assert rec.seen == [s % 3 == 2 for s in range(8)]  # steps 2 and 5
+    rows = csv.DictReader(next(Path(cfg.paths.output_dir).glob("csv/version_*/metrics.csv")).open())
+    assert {int(r["step"]) for r in rows if r.get("distill/loss_rgb")} == {2, 5}

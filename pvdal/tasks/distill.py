@@ -22,6 +22,7 @@ DISTILL_RANGES = {
     "distill.weights.color": (0.0, None),
     "distill.weights.rgb": (0.0, None),
     "distill.feat_decay": (0.0, 1.0),
+    "distill.early_stop_eps": (0.0, 1.0),
     "teacher_train.max_steps": (-1, None),
 }
 
