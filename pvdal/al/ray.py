@@ -97,7 +97,7 @@ class RayLevel(pl.Callback):
 
     # --- Lightning hooks -----------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._step = int(trainer.global_step)
+        self._step = int(getattr(pl_module, "schedule_step", trainer.global_step))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         cap = self.capacity

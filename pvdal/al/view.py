@@ -133,6 +133,17 @@ class CameraBand:
         return out.float()
 
 
+def schedule_epoch(trainer, pl_module) -> int:
+    """The epoch of the run's schedule (data.steps_per_epoch schedule steps each): the real
+    epoch unless a time budget paces the run (modules/clock.py), so warm-ups scale with it."""
+    step = getattr(pl_module, "schedule_step", None)
+    dm = getattr(trainer, "datamodule", None)
+    per = getattr(dm, "steps", None)  # data.steps_per_epoch
+    if step is None or not per:
+        return int(trainer.current_epoch)
+    return int(step) // int(per)
+
+
 class ViewLevel(pl.Callback):
     """Replaces ``trainer.datamodule.train_frames`` each AL epoch; ``observe`` accumulates."""
 
@@ -164,14 +175,16 @@ class ViewLevel(pl.Callback):
         return max(self.t_min, self.t0 * self.t_decay ** max(epoch - self.warmup, 0))
 
     # --- drawing ---------------------------------------------------------------------------
-    def draw(self, epoch: int) -> tuple[Frames, Tensor]:
-        """This epoch's frames (real + drawn) and each drawn view's pool parent (-1: random)."""
+    def draw(self, epoch: int, sched_epoch: int | None = None) -> tuple[Frames, Tensor]:
+        """This epoch's frames (real + drawn) and each drawn view's pool parent (-1: random);
+        ``sched_epoch`` (default ``epoch``) sets the resampling temperature."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         ready = self.fill >= self.pool_size if self.mode == "pool" else self.fill > 0
         n_pool = round(self.pool_share * self.n_views) if ready and self.fill else 0
         if self.mode == "resample" and n_pool:
             psnr = self.pool["psnr"].double()
-            p = torch.softmax((psnr.max() - psnr) / self.temperature(epoch), 0)
+            t = self.temperature(epoch if sched_epoch is None else sched_epoch)
+            p = torch.softmax((psnr.max() - psnr) / t, 0)
             parent = torch.multinomial(p, n_pool, replacement=True, generator=gen)
         else:
             parent = torch.randint(self.fill or 1, (n_pool,), generator=gen)
@@ -221,10 +234,10 @@ class ViewLevel(pl.Callback):
     # --- Lightning hooks -------------------------------------------------------------------
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         e = int(trainer.current_epoch)
-        if e < self.warmup:
+        if schedule_epoch(trainer, pl_module) < self.warmup:
             return
         if self.epoch != e or self.frames is None:  # else resumed mid-epoch: keep the sums
-            self.frames, self.parent = self.draw(e)
+            self.frames, self.parent = self.draw(e, schedule_epoch(trainer, pl_module))
             n = len(self.frames)
             self.sums = torch.zeros(n, dtype=torch.float64, device=pl_module.device)
             self.counts = torch.zeros(n, dtype=torch.float64, device=pl_module.device)

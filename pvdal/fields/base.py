@@ -71,9 +71,12 @@ class RadianceField(nn.Module):
         """Architecture-specific regulariser (TV, L1), already weighted; None when there is none."""
         return None
 
-    def on_step(self, step: int, grid=None) -> bool:
-        """Called before each training step with the occupancy grid; returns True when
-        parameters were replaced (upsampling, pruning), so the optimizer must be rebuilt."""
+    def on_step(self, step: int, grid=None, prev_step: int | None = None) -> bool:
+        """Called before each training step with the schedule step (the global step unless a
+        time budget paces the run, see modules/clock.py; it may jump by more than one), the
+        occupancy grid and the previous schedule step (default ``step - 1``): an event at s
+        fires once, when ``prev_step < s <= step``. Returns True when parameters were replaced
+        (upsampling, pruning), so the optimizer must be rebuilt."""
         return False
 
     def extra_state_for_checkpoint(self) -> dict:

@@ -161,11 +161,13 @@ class PlenoxelsField(RadianceField):
             tv_s = tv_s + sq[:, 1:].mean()
         return self.tv_density * tv_d + self.tv_sh * tv_s
 
-    def on_step(self, step: int, density_fn_grid=None) -> bool:
-        """Prune at ``prune_steps``, then upsample once ``step`` reaches an ``upsample_steps``
-        entry (the resolution follows the step, so a resumed run stays on schedule)."""
+    def on_step(self, step: int, density_fn_grid=None, prev_step: int | None = None) -> bool:
+        """Prune when ``step`` reaches a ``prune_steps`` entry, then upsample once it reaches an
+        ``upsample_steps`` entry (the resolution follows the step, so a resumed run stays on
+        schedule)."""
         changed = False
-        if step in self.prune_steps:
+        prev = step - 1 if prev_step is None else prev_step
+        if any(prev < s <= step for s in self.prune_steps):
             changed |= self.prune(density_fn_grid)
         target = self.resolutions[sum(step >= s for s in self.upsample_steps)]
         if target > self.resolution:

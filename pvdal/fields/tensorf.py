@@ -128,11 +128,12 @@ class TensoRFField(RadianceField):
                 loss = w * fn() if loss is None else loss + w * fn()
         return loss
 
-    def on_step(self, step: int, density_fn_grid=None) -> bool:
-        """Shrink at ``shrink_steps``, then upsample when ``step`` passes the next
-        ``upsample_steps`` entry (to that stage's voxel count in the current box)."""
+    def on_step(self, step: int, density_fn_grid=None, prev_step: int | None = None) -> bool:
+        """Shrink when ``step`` reaches a ``shrink_steps`` entry, then upsample when it passes
+        the next ``upsample_steps`` entry (to that stage's voxel count in the current box)."""
         changed = False
-        if step in self.shrink_steps:
+        prev = step - 1 if prev_step is None else prev_step
+        if any(prev < s <= step for s in self.shrink_steps):
             changed |= self.shrink()
         stage = sum(step >= s for s in self.upsample_steps)
         if stage > self.stage:

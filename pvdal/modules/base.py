@@ -20,6 +20,7 @@ from pvdal import metrics
 from pvdal.fields.base import RadianceField
 from pvdal.io.atomic import atomic_write_bytes, atomic_write_json
 from pvdal.io.checkpoint import KEY, field_metadata
+from pvdal.modules.clock import ScheduleClock
 from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.renderer import render_chunked
@@ -74,6 +75,7 @@ class RadianceModule(pl.LightningModule):
                              persistent=False)
         self.output_dir = output_dir
         self.schedule_steps = max(1, int(schedule_steps))
+        self.clock = ScheduleClock(self.schedule_steps)  # budget: set by the task (max_time)
         self.n_samples = int(self.render_cfg["n_samples"])
         self.step_size = default_step_size(self.n_samples)
         self._test_rows: list[dict] = []
@@ -88,13 +90,29 @@ class RadianceModule(pl.LightningModule):
         params += self.extra_param_groups()
         opt = instantiate(self.arch["optimizer"])(params)
         decay = float(self.arch.get("lr_decay", 1.0))
-        total = self.schedule_steps
 
-        def factor(_: int) -> float:
-            return decay ** min(1.0, self.global_step / total)
+        def factor(_: int) -> float:  # exponential decay over the schedule (steps or budget)
+            return decay ** self.clock.progress
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @property
+    def schedule_step(self) -> int:
+        """Where the run is in its schedule: ``global_step`` unless a time budget paces it."""
+        return self.clock.step
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """After each optimizer step the clock advances (before the LR scheduler reads it);
+        the run ends when the schedule is complete, by steps or by budget."""
+        super().optimizer_step(*args, **kwargs)
+        trainer = self.trainer
+        sync = (lambda v: trainer.strategy.broadcast(v, 0)) if trainer.world_size > 1 else None
+        # global_step counts this step only once the hook returns (Lightning 2.x); at
+        # max_steps Lightning ends the run itself, as it always did
+        done = self.global_step + 1
+        if self.clock.tick(done, sync) and done < self.clock.max_steps:
+            trainer.should_stop = True
 
     def finite_or_none(self, loss: Tensor, terms: dict[str, Tensor]) -> Tensor | None:
         """NaN guard: a non-finite loss either skips the batch (``nan_policy=skip``, returns
@@ -143,7 +161,8 @@ class RadianceModule(pl.LightningModule):
     def field_hooks(self) -> None:
         """Field-specific schedule (upsampling, pruning) and occupancy update, before a step."""
         step = self.global_step
-        if self.field.on_step(step, self.grid):
+        prev, sched = self.clock.hook_steps()
+        if self.field.on_step(sched, self.grid, prev):
             self.trainer.strategy.setup_optimizers(self.trainer)
         if self.grid.should_update(step):
             self.grid.update(step, self.field.density, self.step_size)
@@ -232,7 +251,7 @@ class RadianceModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         if self.metrics_path and self.trainer.is_global_zero:
-            result = {**self.test_summary(), "steps": int(self.global_step)}
+            result = {**self.test_summary(), **self.clock.summary(self.global_step)}
             atomic_write_json(self.metrics_path, result)
 
     # --- checkpoint ---------------------------------------------------------------------------
@@ -249,10 +268,21 @@ class RadianceModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(KEY, {})
+        state = checkpoint.setdefault("state_dict", {})
+        if "clock.state" not in state:  # written before the clock existed: step-paced
+            step = int(checkpoint.get("global_step", 0))
+            state["clock.state"] = torch.tensor([min(1.0, step / self.clock.max_steps), 0.0,
+                                                 step], dtype=torch.float64)
         self.field.prepare_load(meta.get("field_extra", {}))
         self._resume_rng = checkpoint.get("rng")  # applied when training starts
 
+    def on_train_end(self) -> None:
+        msg = self.clock.end_message(self.global_step)
+        if msg and self.trainer.is_global_zero:
+            log.info(msg)
+
     def on_train_start(self) -> None:
+        self.clock.start()
         rng = getattr(self, "_resume_rng", None)
         if rng is not None:  # exact resume: jitter and occupancy sampling continue alike
             torch.set_rng_state(rng)

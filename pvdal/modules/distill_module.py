@@ -134,7 +134,7 @@ class DistillModule(RadianceModule):
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)
-        step, w = self.global_step, self.cfg["weights"]
+        step, w = self.schedule_step, self.cfg["weights"]  # paced by steps or by budget
         stage = self.schedule.stage(step)
         kind = self.cfg.get("loss_type", "mse")
         rays_o, rays_d = batch["rays_o"], batch["rays_d"]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from pvdal.callbacks.save_last import SaveLastCheckpoint
 from pvdal.data.datamodule import RayDataModule
 from pvdal.io.atomic import atomic_write_json
+from pvdal.modules.clock import budget_seconds
 from pvdal.modules.field_module import FieldModule
 from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
 from pvdal.utils.instantiate import build_trainer
@@ -38,12 +39,16 @@ def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
                  extra_callbacks: list | None = None) -> tuple[pl.Trainer, float, dict]:
     """Fit (resuming when ckpt_path is set), save last.ckpt, test.
 
+    ``trainer.max_time`` is the run's time budget: the module's clock paces every schedule by
+    it and ends the run when the schedule is complete (Lightning's own cut is not used).
+
     The module writes ``metrics.json`` from the test process (rank 0; under ``ddp_spawn`` the
     parent never sees the test rows); this adds the training time and returns the result.
     """
     ckpt = resolve_ckpt_path(cfg)
     out = output_dir(cfg)
     callbacks = [SaveLastCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
+    module.clock.budget_s = budget_seconds(cfg.trainer.get("max_time"))
     trainer = build_trainer(cfg, callbacks)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)

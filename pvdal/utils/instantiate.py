@@ -65,5 +65,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Tr
         else:
             loggers.append(instantiate(lcfg))
     callbacks = _instantiate_dict(cfg.get("callbacks")) + list(extra_callbacks or [])
+    # max_time is the run's budget, paced by the module's clock (modules/clock.py): Lightning's
+    # Timer would cut the schedule wherever it stands
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       plugins=[AtomicCheckpointIO()])
+                       plugins=[AtomicCheckpointIO()], max_time=None)
