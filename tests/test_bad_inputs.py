@@ -179,6 +179,14 @@ def test_numeric_key_out_of_range(config, override, key, tiny_cfg, distill_cfg):
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("value", ["'9 minutes'", "00:00:00:00"])
+def test_bad_time_budget(value, tiny_cfg):
+    cfg = tiny_cfg("train", [f"trainer.max_time={value}"])
+    with pytest.raises(ConfigError, match=r"^trainer\.max_time: .*hint: pass .*trainer\.max_time="):
+        train.run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
 def _truncated(src: Path, dst: Path) -> None:
     data = src.read_bytes()
     dst.write_bytes(data[: len(data) // 2])

@@ -16,7 +16,7 @@ import torch
 
 from pvdal.modules import clock as clock_mod
 from pvdal.tasks import distill, train
-from tests.test_reliability import StopAt, field_state
+from tests.test_reliability import RankHash, StopAt, field_state
 
 DT, BUDGET = 0.5, 10  # seconds per step; the budget ends the run at step 20
 BUDGET_RUN = ["trainer.max_steps=1000", "trainer.max_time=00:00:00:10"]
@@ -117,3 +117,17 @@ def test_resume_mid_budget_matches_uninterrupted(tiny_cfg, fake_time, tmp_path):
     assert state.keys() == full_state.keys()
     for k, v in full_state.items():
         assert torch.equal(state[k], v), k
+
+
+def test_two_processes_stop_together_on_budget(tiny_cfg, tmp_path):
+    """Under DDP every rank follows rank 0's clock: both stop on the same step, identical."""
+    ranks = tmp_path / "ranks"
+    ranks.mkdir()
+    cfg = tiny_cfg("train", ["trainer=ddp_sim", "trainer.max_steps=100000",
+                             "trainer.max_time=00:00:00:04", "data.batch_size=64",
+                             "data.steps_per_epoch=6"])
+    result = train.run(cfg, [RankHash(str(ranks))])
+    r0 = json.loads((ranks / "rank0.json").read_text())
+    r1 = json.loads((ranks / "rank1.json").read_text())
+    assert r0 == r1 and 0 < r0["step"] < 100000
+    assert result["schedule_complete"] and result["steps"] == r0["step"]

@@ -272,7 +272,7 @@ class RadianceModule(pl.LightningModule):
         if "clock.state" not in state:  # written before the clock existed: step-paced
             step = int(checkpoint.get("global_step", 0))
             state["clock.state"] = torch.tensor([min(1.0, step / self.clock.max_steps), 0.0,
-                                                 step], dtype=torch.float64)
+                                                 step, step], dtype=torch.float64)
         self.field.prepare_load(meta.get("field_extra", {}))
         self._resume_rng = checkpoint.get("rng")  # applied when training starts
 

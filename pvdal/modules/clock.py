@@ -32,7 +32,7 @@ log = logging.getLogger("pvdal")
 now: Callable[[], float] = time.perf_counter  # module-level, so tests can make time exact
 
 
-def budget_seconds(max_time) -> float | None:
+def budget_seconds(max_time, key: str = "trainer.max_time") -> float | None:
     """``trainer.max_time`` (Lightning's ``"DD:HH:MM:SS"``, a dict of timedelta fields, or
     seconds) -> seconds; None when unset."""
     if max_time is None or max_time == "":
@@ -46,11 +46,11 @@ def budget_seconds(max_time) -> float | None:
         else:
             sec = dt.timedelta(**dict(max_time)).total_seconds()
     except (TypeError, ValueError) as e:
-        raise ConfigError("trainer.max_time", f"cannot read {max_time!r} as a duration",
-                          'pass "DD:HH:MM:SS", e.g. trainer.max_time="00:00:09:00"') from e
+        raise ConfigError(key, f"cannot read {max_time!r} as a duration",
+                          f'pass "DD:HH:MM:SS", e.g. {key}="00:00:09:00"') from e
     if sec <= 0:
-        raise ConfigError("trainer.max_time", f"must be positive, got {max_time!r}",
-                          "pass trainer.max_time=null for no time budget")
+        raise ConfigError(key, f"must be positive, got {max_time!r}",
+                          f"pass {key}=null for no time budget")
     return sec
 
 
@@ -61,8 +61,8 @@ class ScheduleClock(nn.Module):
         super().__init__()
         self.max_steps = max(1, int(max_steps))
         self.budget_s = budget_s
-        # [progress, elapsed_s, last schedule step given to the field's hooks + 1]
-        self.register_buffer("state", torch.zeros(3, dtype=torch.float64))
+        # [progress, elapsed_s, last schedule step given to the field's hooks + 1, steps done]
+        self.register_buffer("state", torch.zeros(4, dtype=torch.float64))
         self._t0: float | None = None
         self._base = 0.0
 
@@ -96,7 +96,7 @@ class ScheduleClock(nn.Module):
         p = global_step / self.max_steps
         if self.budget_s is not None:
             p = max(p, elapsed / self.budget_s)
-        self.state[0], self.state[1] = min(p, 1.0), elapsed
+        self.state[0], self.state[1], self.state[3] = min(p, 1.0), elapsed, global_step
         return self.complete
 
     def hook_steps(self) -> tuple[int, int]:
@@ -111,8 +111,10 @@ class ScheduleClock(nn.Module):
         return self.budget_s is not None and self.elapsed / self.budget_s >= self.progress - 1e-9
 
     def summary(self, steps: int) -> dict:
-        """The keys metrics.json gains: steps done, max_steps, budget_s, schedule_complete."""
-        return {"steps": int(steps), "max_steps": self.max_steps, "budget_s": self.budget_s,
+        """The keys metrics.json gains: steps done, max_steps, budget_s, schedule_complete.
+        The clock's own step count stands in where ``steps`` is lost (a ddp_spawn test process
+        starts at global step 0; the buffer comes back with the weights)."""
+        return {"steps": max(int(steps), int(self.state[3])), "max_steps": self.max_steps, "budget_s": self.budget_s,
                 "schedule_complete": self.complete}
 
     def end_message(self, steps: int) -> str | None:

@@ -32,7 +32,12 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 
 def check_ranges(cfg: DictConfig, extra: dict[str, tuple] | None = None) -> None:
-    """Reject numeric keys out of range with the key's name and its allowed range."""
+    """Reject numeric keys out of range with the key's name and its allowed range, and a
+    time budget that is not a duration."""
+    from pvdal.modules.clock import budget_seconds
+
+    for key in ("trainer.max_time", "teacher_train.max_time"):
+        budget_seconds(OmegaConf.select(cfg, key, default=None), key)
     for key, (lo, hi) in {**RANGES, **(extra or {})}.items():
         val = OmegaConf.select(cfg, key, default=None)
         if val is None:
