@@ -114,8 +114,8 @@ class ScheduleClock(nn.Module):
         """The keys metrics.json gains: steps done, max_steps, budget_s, schedule_complete.
         The clock's own step count stands in where ``steps`` is lost (a ddp_spawn test process
         starts at global step 0; the buffer comes back with the weights)."""
-        return {"steps": max(int(steps), int(self.state[3])), "max_steps": self.max_steps, "budget_s": self.budget_s,
-                "schedule_complete": self.complete}
+        return {"steps": max(int(steps), int(self.state[3])), "max_steps": self.max_steps,
+                "budget_s": self.budget_s, "schedule_complete": self.complete}
 
     def end_message(self, steps: int) -> str | None:
         """One line for a run whose schedule followed its budget (None otherwise)."""
