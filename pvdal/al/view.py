@@ -233,11 +233,11 @@ class ViewLevel(pl.Callback):
 
     # --- Lightning hooks -------------------------------------------------------------------
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        e = int(trainer.current_epoch)
-        if schedule_epoch(trainer, pl_module) < self.warmup:
+        e, se = int(trainer.current_epoch), schedule_epoch(trainer, pl_module)
+        if se < self.warmup:
             return
         if self.epoch != e or self.frames is None:  # else resumed mid-epoch: keep the sums
-            self.frames, self.parent = self.draw(e, schedule_epoch(trainer, pl_module))
+            self.frames, self.parent = self.draw(e, se)
             n = len(self.frames)
             self.sums = torch.zeros(n, dtype=torch.float64, device=pl_module.device)
             self.counts = torch.zeros(n, dtype=torch.float64, device=pl_module.device)

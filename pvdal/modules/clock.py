@@ -11,14 +11,13 @@ machine still visits every stage and reaches its final learning rate inside its 
 of being cut in the middle of its schedule. The schedule step ``round(p * max_steps)`` is what
 step-configured events (``upsample_steps``, ``feat_end``, ...) compare against.
 
-The state (progress, elapsed time, last schedule step handed to the field's hooks) is a
-persistent buffer, so it is in every checkpoint and a resumed run continues exactly.
+The state (progress, elapsed time, last schedule step handed to the field's hooks, steps done)
+is a persistent buffer, so it is in every checkpoint and a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable
 
@@ -26,8 +25,6 @@ import torch
 from torch import nn
 
 from pvdal.utils.errors import ConfigError
-
-log = logging.getLogger("pvdal")
 
 now: Callable[[], float] = time.perf_counter  # module-level, so tests can make time exact
 

@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pvdal.modules.clock import budget_seconds
 from pvdal.utils.errors import ConfigError, PvdalError
 
 log = logging.getLogger("pvdal")
@@ -34,8 +35,6 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 def check_ranges(cfg: DictConfig, extra: dict[str, tuple] | None = None) -> None:
     """Reject numeric keys out of range with the key's name and its allowed range, and a
     time budget that is not a duration."""
-    from pvdal.modules.clock import budget_seconds
-
     for key in ("trainer.max_time", "teacher_train.max_time"):
         budget_seconds(OmegaConf.select(cfg, key, default=None), key)
     for key, (lo, hi) in {**RANGES, **(extra or {})}.items():
