@@ -131,3 +131,51 @@ def test_two_processes_stop_together_on_budget(tiny_cfg, tmp_path):
     r1 = json.loads((ranks / "rank1.json").read_text())
     assert r0 == r1 and 0 < r0["step"] < 100000
     assert result["schedule_complete"] and result["steps"] == r0["step"]
+
+
+def _tiny_field(name: str, **overrides):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    cfg = OmegaConf.load(Path(CONF) / "arch" / f"{name}.yaml")
+    return instantiate(OmegaConf.merge(cfg.field, cfg.tiny, overrides), _convert_="all")
+
+
+def test_events_fire_once_when_the_schedule_step_jumps_past_them():
+    """A budget-paced schedule step can jump (0 -> 10): a shrink / prune step inside the jump
+    still fires, once."""
+    from tests.test_fields import bump_tensorf
+
+    f = _tiny_field("tensorf", upsample_steps=[100], shrink_steps=[6])
+    bump_tensorf(f)
+    assert not f.on_step(0, None, -1)
+    assert f.on_step(10, None, 0) and f.shrunk  # 6 lies inside the jump
+    aabb = f.aabb.clone()
+    assert not f.on_step(20, None, 10) and torch.equal(f.aabb, aabb)  # no second shrink
+
+    p = _tiny_field("plenoxels", upsample_steps=[100], prune_steps=[4])
+    with torch.no_grad():
+        p.table[: p.n_rows // 3, 0] = 3.0
+    rows = p.n_rows
+    assert p.on_step(10, None, 0) and p.n_rows < rows  # pruned although 10 != 4
+    rows = p.n_rows
+    assert not p.on_step(20, None, 10) and p.n_rows == rows
+
+
+def test_checkpoint_without_clock_resumes_step_paced(tiny_cfg):
+    """A checkpoint written before the clock existed resumes on its global step."""
+    common = ["trainer.max_steps=10"]
+    part = tiny_cfg("train", common)
+    train.run(part, [StopAt(6)])
+    ckpt = Path(part.paths.output_dir) / "checkpoints" / "last.ckpt"
+    old = torch.load(ckpt, weights_only=False)
+    del old["state_dict"]["clock.state"]
+    torch.save(old, ckpt)
+    resumed = tiny_cfg("train", [*common, "ckpt_path=last"])
+    resumed.paths.output_dir = part.paths.output_dir
+    rec = Record()
+    train.run(resumed, [rec])
+    assert rec.steps[0] == (6, 6) and all(g == s for g, s in rec.steps)
+    assert metrics(resumed)["steps"] == 10 and metrics(resumed)["schedule_complete"]
