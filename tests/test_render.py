@@ -110,9 +110,13 @@ def test_contracted_scene_maps_into_unit_box():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nerfacc's packed kernels need CUDA")
 def test_nerfacc_weights_match_torch_reference():
-    pytest.importorskip("nerfacc")
+    """Weights and their gradients, nerfacc's packed kernels against the torch reference."""
+    from pvdal.encodings.backend import nerfacc_probe
     from pvdal.render.volrend import packed_render_weights
 
+    ok, reason = nerfacc_probe()
+    if not ok:
+        pytest.skip(reason)
     torch.manual_seed(0)
     grid = OccupancyGrid(resolution=16, warmup_steps=100, update_every=1)
     grid.update(0, _sphere_density, step_size=0.02)
@@ -120,8 +124,12 @@ def test_nerfacc_weights_match_torch_reference():
     d = torch.nn.functional.normalize(torch.tensor([[0.0, 0, -1]]) + torch.randn(64, 3) * 0.1,
                                       dim=-1)
     s = march_rays(o.cuda(), d.cuda(), SceneSpec(), grid.cuda(), n_samples=128)
-    sig = torch.rand(s.positions.shape[0], device="cuda") * 20
+    sig = (torch.rand(s.positions.shape[0], device="cuda") * 20).requires_grad_()
     ref, _ = render_weights(s.scatter(sig), s.deltas)
     m = s.mask
     fast = packed_render_weights(sig, s.t_starts[m], s.t_ends[m], s.ray_indices, s.n_rays)
-    assert torch.allclose(s.scatter(fast), ref, atol=1e-5)
+    torch.testing.assert_close(s.scatter(fast), ref, atol=1e-5, rtol=0)
+    g = torch.rand_like(ref)
+    g_ref, = torch.autograd.grad((ref * g).sum(), sig)
+    g_fast, = torch.autograd.grad((s.scatter(fast) * g).sum(), sig)
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-5, rtol=1e-4)

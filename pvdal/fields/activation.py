@@ -1,7 +1,8 @@
 """The one density activation shared by every field: ``trunc_exp`` of a (clamped) pre-activation.
 
 Keeping it in one place is what lets distillation compare pre-activation densities across
-architectures: every field's ``sigma_raw`` means the same thing.
+architectures: every field's ``sigma_raw`` means the same thing. It always runs in float32: under
+mixed precision a half ``exp`` overflows for pre-activations above ~11 (forward and backward).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ class _TruncExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return g * torch.exp(x.clamp(max=_GRAD_CLAMP))
+        return g.float() * torch.exp(x.clamp(max=_GRAD_CLAMP))
 
 
 def trunc_exp(x: Tensor) -> Tensor:
-    return _TruncExp.apply(x)
+    """float32 in, float32 out, whatever autocast would do: the cast sits outside the Function,
+    so the gradient reaches a half input through the cast's own backward."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _TruncExp.apply(x.float())
 
 
 def activate_density(sigma_raw: Tensor, clamp: tuple[float, float] | None = None) -> Tensor:

@@ -96,7 +96,19 @@ def _sub_state(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def canonical_state(module: torch.nn.Module, state: dict) -> dict:
+    """``state`` with backend-specific layouts renamed to the canonical ones (a tcnn-trained hash
+    grid's flat ``tcnn.params`` -> ``params`` [N, F]), so either backend's file loads strictly."""
+    state = dict(state)
+    for name, sub in module.named_modules():
+        fix = getattr(sub, "canonicalize_state", None)
+        if callable(fix):
+            fix(state, f"{name}." if name else "")
+    return state
+
+
 def strict_load(module: torch.nn.Module, state: dict, what: str) -> None:
+    state = canonical_state(module, state)
     own = set(module.state_dict())
     missing, unexpected = own - set(state), set(state) - own
     if missing or unexpected:

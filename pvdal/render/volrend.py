@@ -1,7 +1,9 @@
 """Volume rendering: alpha compositing of per-sample density and colour along rays.
 
 Dense layout ``[n_rays, n_samples]`` with skipped samples at density 0 is the torch reference;
-on CUDA with nerfacc importable, the weights of packed samples come from nerfacc's kernels.
+on CUDA tensors, once nerfacc's compiled kernels load (``encodings.backend.use_nerfacc``), the
+weights of packed samples come from nerfacc's kernels. Compositing always runs in float32 (under
+mixed precision too): transmittance is a product of many factors close to one.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pvdal.encodings.backend import announce, module_available
+from pvdal.encodings.backend import use_nerfacc
+
+__all__ = ["composite", "packed_render_weights", "render_weights", "use_nerfacc"]
 
 
 def render_weights(sigmas: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor]:
     """sigmas, deltas: [n_rays, n_samples] -> weights, transmittance (both [n_rays, n_samples])."""
-    tau = sigmas * deltas
+    tau = sigmas.float() * deltas.float()
     alpha = 1.0 - torch.exp(-tau)
     excl = torch.cumsum(tau, dim=-1) - tau  # exclusive optical depth
     trans = torch.exp(-excl)
@@ -28,19 +32,14 @@ def packed_render_weights(
     ray_indices: Tensor,  # [M] sorted ray index of each sample
     n_rays: int,
 ) -> Tensor:
-    """Weights of packed samples [M] via nerfacc (CUDA only; torch path: ``render_weights``)."""
+    """Weights of packed samples [M] via nerfacc (CUDA only; torch path: ``render_weights``).
+    nerfacc's scan kernels accept float32 only."""
     import nerfacc
 
     weights, _, _ = nerfacc.render_weight_from_density(
-        t_starts, t_ends, sigmas, ray_indices=ray_indices, n_rays=n_rays
+        t_starts.float(), t_ends.float(), sigmas.float(), ray_indices=ray_indices, n_rays=n_rays
     )
     return weights
-
-
-def use_nerfacc(t: Tensor) -> bool:
-    ok = t.is_cuda and module_available("nerfacc")
-    announce("volume rendering", "nerfacc" if ok else "torch")
-    return ok
 
 
 def composite(
@@ -50,7 +49,8 @@ def composite(
     background: Tensor,  # [3] or [n_rays, 3]
 ) -> dict[str, Tensor]:
     """Accumulate colour, opacity and expected depth; blend the background behind."""
+    weights, rgbs = weights.float(), rgbs.float()
     opacity = weights.sum(dim=-1)
-    rgb = (weights[..., None] * rgbs).sum(dim=-2) + (1.0 - opacity[..., None]) * background
+    rgb = (weights[..., None] * rgbs).sum(dim=-2) + (1.0 - opacity[..., None]) * background.float()
     depth = (weights * t_mid).sum(dim=-1) / opacity.clamp_min(1e-6)
     return {"rgb": rgb, "opacity": opacity, "depth": depth}
