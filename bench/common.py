@@ -90,5 +90,26 @@ def md_table(rows: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def provenance() -> dict:
+    """What a result was made with: the commit (``+dirty`` with uncommitted changes), the
+    command line, torch's version."""
+    import subprocess
+    import sys
+
+    import torch
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or None
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    return {"commit": commit, "argv": sys.argv, "torch": torch.__version__}
+
+
 def dump(obj) -> str:
     return json.dumps(obj, indent=2)

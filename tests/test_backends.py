@@ -157,3 +157,14 @@ def test_lpips_runs_on_the_images_device(monkeypatch):
     assert metrics.lpips(a, b) == pytest.approx(4.0)
     assert seen["devices"] == {a.device}
     assert np.isfinite(metrics.lpips(a, a))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for real")
+def test_gpu_check_without_cuda_prints_its_plan_and_exits_0(capsys, tmp_path):
+    from bench.gpu_check import main
+
+    out = tmp_path / "gpu_check.json"
+    assert main(["--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "no CUDA device" in text and "hash-grid parity" in text
+    assert not out.exists()  # nothing measured, nothing written
