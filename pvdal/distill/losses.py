@@ -5,10 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pvdal.fields.base import clamp_raw
+
+__all__ = ["LOSS_TYPES", "clamp_raw", "match_loss", "per_ray_error", "psnr_from_mse"]
+
+LOSS_TYPES = ("mse", "l2", "norm_l2")
+
 
 def match_loss(student: Tensor, teacher: Tensor, kind: str = "mse",
                mask: Tensor | None = None) -> Tensor:
-    """``mse``: mean squared error; ``l2``: mean Euclidean distance per point ([M] or [M, C]).
+    """``mse``: mean squared error; ``l2``: mean Euclidean distance per point ([M] or [M, C]);
+    ``norm_l2``: the Euclidean norm of the whole difference tensor (the original code's
+    ``normL2``: ``torch.norm(pred - gt)``; it grows with the batch, and its loss weights are
+    tuned for that).
 
     ``mask`` ([M] bool) restricts the loss to some points (point-level active learning).
     """
@@ -21,12 +30,9 @@ def match_loss(student: Tensor, teacher: Tensor, kind: str = "mse",
         return diff.square().mean()
     if kind == "l2":
         return (diff.abs() if diff.dim() == 1 else diff.norm(dim=-1)).mean()
-    raise ValueError(f"distill.loss_type must be mse or l2, got {kind!r}")
-
-
-def clamp_raw(sigma_raw: Tensor, clamp: tuple[float, float] | None) -> Tensor:
-    """PVD's density range constraint on pre-activation density (identity when off)."""
-    return sigma_raw if clamp is None else sigma_raw.clamp(clamp[0], clamp[1])
+    if kind == "norm_l2":
+        return torch.linalg.vector_norm(diff)
+    raise ValueError(f"distill.loss_type must be one of {'|'.join(LOSS_TYPES)}, got {kind!r}")
 
 
 def per_ray_error(rgb_s: Tensor, rgb_t: Tensor) -> Tensor:

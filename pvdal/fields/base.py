@@ -15,6 +15,18 @@ from torch import Tensor, nn
 from pvdal.fields.activation import activate_density
 
 COLOR_FEATURE_DIM = 15
+VOLUME_DIM = 1 + COLOR_FEATURE_DIM  # PVD's aligned volume V(x) = [clamp(sigma_raw), colour feature]
+
+
+def clamp_raw(sigma_raw: Tensor, clamp: tuple[float, float] | None) -> Tensor:
+    """PVD's density range constraint on pre-activation density (identity when off)."""
+    return sigma_raw if clamp is None else sigma_raw.clamp(clamp[0], clamp[1])
+
+
+def volume_from(sigma_raw: Tensor, color_feat: Tensor,
+                clamp: tuple[float, float] | None = None) -> Tensor:
+    """[M] pre-activation density and [M, 15] colour feature -> V(x) [M, 16]."""
+    return torch.cat([clamp_raw(sigma_raw, clamp)[:, None], color_feat], dim=-1)
 
 
 @dataclass
@@ -50,6 +62,24 @@ class RadianceField(nn.Module):
         d = torch.zeros(feat.shape[0], 3, device=feat.device, dtype=feat.dtype)
         d[:, 2] = 1.0
         return self.decode(feat, d).sigma_raw
+
+    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(sigma_raw [M], colour feature [M, 15] or None) without the view-dependent colour
+        work; override where cheaper (the default decodes with a dummy direction)."""
+        d = torch.zeros(feat.shape[0], 3, device=feat.device, dtype=feat.dtype)
+        d[:, 2] = 1.0
+        out = self.decode(feat, d)
+        return out.sigma_raw, out.color_feat
+
+    def volume(self, feat: Tensor, clamp: tuple[float, float] | None = None) -> Tensor:
+        """PVD's aligned volume ``V(x) = [clamp(sigma_raw), colour feature]`` [M, 16]: the same
+        width for every architecture, so distillation aligns it with no projection. ``clamp``
+        is the density range constraint (default: this field's). Not defined for fields
+        without a colour feature (plenoxels)."""
+        if not self.has_color_feature:
+            raise NotImplementedError(f"{type(self).__name__} has no colour feature: no V(x)")
+        sigma_raw, color_feat = self.volume_parts(feat)
+        return volume_from(sigma_raw, color_feat, self.density_clamp if clamp is None else clamp)
 
     # --- conveniences built on the halves ---------------------------------------------------
     def forward(self, x: Tensor, d: Tensor) -> FieldOutput:

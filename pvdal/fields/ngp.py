@@ -2,17 +2,16 @@
 
 features(x) = hash-grid encoding [M, levels * features_per_level]
 decode      = density MLP -> (sigma_raw, 15-dim colour feature); colour MLP on (SH(d), feature)
+The decoder is the shared design of pvdal/fields/decoder.py (mlp and tensorf can adopt it).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from pvdal.encodings.hashgrid import HashGridEncoding
-from pvdal.encodings.sh import SHEncoding
-from pvdal.fields.base import COLOR_FEATURE_DIM, FieldOutput, RadianceField
-from pvdal.fields.layers import mlp
+from pvdal.fields.base import FieldOutput, RadianceField
+from pvdal.fields.decoder import color_head, density_head, shade
 
 
 class NGPField(RadianceField):
@@ -34,10 +33,8 @@ class NGPField(RadianceField):
         self.encoding = HashGridEncoding(n_levels, n_features_per_level, log2_hashmap_size,
                                          base_resolution, max_resolution, implementation)
         self.feature_dim = self.encoding.out_dim
-        self.density_net = mlp(self.feature_dim, hidden_dim, 1 + COLOR_FEATURE_DIM, 1)
-        self.dir_encoding = SHEncoding(sh_degree)
-        self.color_net = mlp(self.dir_encoding.out_dim + COLOR_FEATURE_DIM, color_hidden_dim, 3,
-                             color_layers)
+        self.density_net = density_head(self.feature_dim, hidden_dim)
+        self.dir_encoding, self.color_net = color_head(sh_degree, color_hidden_dim, color_layers)
 
     def features(self, x: Tensor) -> Tensor:
         return self.encoding(x)
@@ -45,10 +42,13 @@ class NGPField(RadianceField):
     def density_raw(self, feat: Tensor) -> Tensor:
         return self.density_net(feat)[:, 0]
 
-    def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
+    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor]:
         h = self.density_net(feat)
-        sigma_raw, color_feat = h[:, 0], h[:, 1:]
-        rgb = torch.sigmoid(self.color_net(torch.cat([self.dir_encoding(d), color_feat], -1)))
+        return h[:, 0], h[:, 1:]
+
+    def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
+        sigma_raw, color_feat = self.volume_parts(feat)
+        rgb = shade(self.color_net, self.dir_encoding, color_feat, d)
         return FieldOutput(sigma_raw, color_feat, rgb)
 
     def param_groups(self):

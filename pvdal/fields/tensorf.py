@@ -4,6 +4,8 @@ features(x) = [density components (sum(density_comp)), appearance components (su
 decode      = sigma_raw = sum(density components) + density_shift;
               color_feat = basis matrix (Linear, no bias) of the appearance components -> 15;
               rgb = sigmoid(MLP(color_feat, PE(color_feat), d, PE(d)))   (TensoRF's MLP_Fea)
+``decoder="shared"`` swaps that MLP for the shared SH colour MLP (pvdal/fields/decoder.py), as the
+paper's code does, so an ngp or mlp teacher's colour head can be copied into it.
 
 Training follows TensoRF: the grid grows from ``n_voxel_init`` to ``n_voxel_final`` voxels at
 ``upsample_steps`` (log-spaced counts), and at ``shrink_steps`` the planes/lines are cropped to
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from pvdal.encodings.frequency import FrequencyEncoding
 from pvdal.encodings.vm import VMEncoding
 from pvdal.fields.base import COLOR_FEATURE_DIM, FieldOutput, RadianceField
+from pvdal.fields.decoder import color_head, shade
 from pvdal.fields.layers import mlp
 
 log = logging.getLogger("pvdal")
@@ -59,14 +62,23 @@ class TensoRFField(RadianceField):
         l1_weight_rest: float = 1e-6,
         tv_density: float = 0.0,
         tv_app: float = 0.0,
+        decoder: str = "tensorf",
+        color_hidden_dim: int = 64,
+        color_layers: int = 2,
+        sh_degree: int = 4,
         density_clamp: tuple[float, float] | None = None,
     ) -> None:
         """``*_comp``: components per plane; ``shrink_threshold``: activated density bounding the
         crop; ``l1_weight`` switches to ``l1_weight_rest`` after the first shrink (TensoRF);
         ``tv_*``: plane TV weights (TensoRF: 0 on synthetic scenes, ~1e-2 forward-facing);
         ``init_density``: activated density the box starts at (semi-transparent, and inside
-        PVD's [-2, 7] sigma_raw clamp, where a hard clamp passes gradients), None = TensoRF's."""
+        PVD's [-2, 7] sigma_raw clamp, where a hard clamp passes gradients), None = TensoRF's;
+        ``decoder``: ``tensorf`` (MLP_Fea, ``mlp_hidden``) or ``shared`` (the SH colour MLP,
+        ``color_hidden_dim`` x ``color_layers``, ``sh_degree`` bands)."""
         super().__init__(density_clamp)
+        if decoder not in ("tensorf", "shared"):
+            raise ValueError(f"decoder must be tensorf|shared, got {decoder!r}")
+        self.shared = decoder == "shared"
         steps = [int(s) for s in upsample_steps]
         self.upsample_steps = steps
         self.n_voxel_list = [round(math.exp(v)) for v in torch.linspace(
@@ -86,11 +98,15 @@ class TensoRFField(RadianceField):
         self.n_sigma = self.density_enc.out_dim
         self.feature_dim = self.n_sigma + self.app_enc.out_dim
         self.basis_mat = nn.Linear(self.app_enc.out_dim, COLOR_FEATURE_DIM, bias=False)
-        self.fea_encoding = FrequencyEncoding(COLOR_FEATURE_DIM, fea_pe)
-        self.view_encoding = FrequencyEncoding(3, view_pe)
-        self.render_mlp = mlp(self.fea_encoding.out_dim + self.view_encoding.out_dim, mlp_hidden,
-                              3, 2)
-        nn.init.zeros_(self.render_mlp[-1].bias)
+        if self.shared:
+            self.dir_encoding, self.color_net = color_head(sh_degree, color_hidden_dim,
+                                                           color_layers)
+        else:
+            self.fea_encoding = FrequencyEncoding(COLOR_FEATURE_DIM, fea_pe)
+            self.view_encoding = FrequencyEncoding(3, view_pe)
+            self.render_mlp = mlp(self.fea_encoding.out_dim + self.view_encoding.out_dim,
+                                  mlp_hidden, 3, 2)
+            nn.init.zeros_(self.render_mlp[-1].bias)
 
     @property
     def resolution(self) -> list[int]:
@@ -106,15 +122,22 @@ class TensoRFField(RadianceField):
     def density_raw(self, feat: Tensor) -> Tensor:
         return feat[:, :self.n_sigma].sum(dim=-1) + self.density_shift
 
+    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        return self.density_raw(feat), self.basis_mat(feat[:, self.n_sigma:])
+
     def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
-        color_feat = self.basis_mat(feat[:, self.n_sigma:])
+        sigma_raw, color_feat = self.volume_parts(feat)
+        if self.shared:
+            return FieldOutput(sigma_raw, color_feat,
+                               shade(self.color_net, self.dir_encoding, color_feat, d))
         h = torch.cat([self.fea_encoding(color_feat), self.view_encoding(d)], dim=-1)
-        return FieldOutput(self.density_raw(feat), color_feat, torch.sigmoid(self.render_mlp(h)))
+        return FieldOutput(sigma_raw, color_feat, torch.sigmoid(self.render_mlp(h)))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        head = self.color_net if self.shared else self.render_mlp
         return {
             "features": list(self.density_enc.parameters()) + list(self.app_enc.parameters()),
-            "decoder": list(self.basis_mat.parameters()) + list(self.render_mlp.parameters()),
+            "decoder": list(self.basis_mat.parameters()) + list(head.parameters()),
         }
 
     # --- training hooks ---------------------------------------------------------------------

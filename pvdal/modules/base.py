@@ -21,6 +21,7 @@ from pvdal.fields.base import RadianceField
 from pvdal.io.atomic import atomic_write_bytes, atomic_write_json
 from pvdal.io.checkpoint import KEY, field_metadata
 from pvdal.modules.clock import ScheduleClock
+from pvdal.modules.lr_schedule import lr_factors
 from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.renderer import render_chunked
@@ -83,18 +84,15 @@ class RadianceModule(pl.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        groups = self.field.param_groups()
+        groups = self.optimizer_groups()
         lr = self.arch["lr"]
         params = [{"params": p, "lr": float(lr[name]), "name": name}
                   for name, p in groups.items() if p]
         params += self.extra_param_groups()
         opt = instantiate(self.arch["optimizer"])(params)
-        decay = float(self.arch.get("lr_decay", 1.0))
-
-        def factor(_: int) -> float:  # exponential decay over the schedule (steps or budget)
-            return decay ** self.clock.progress
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        # exp or cosine over the schedule (steps or budget), see lr_schedule.py
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_factors(self.arch, opt, lambda: self.clock.progress))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @property
@@ -134,6 +132,10 @@ class RadianceModule(pl.LightningModule):
 
     def after_grid_update(self) -> None:
         """Hook after an occupancy update (distillation restricts the student's grid)."""
+
+    def optimizer_groups(self) -> dict[str, list]:
+        """The field's param groups that the optimizer updates (distillation may freeze some)."""
+        return self.field.param_groups()
 
     def extra_param_groups(self) -> list[dict]:
         """Trainable parameters outside the field (e.g. distillation's feature projection)."""

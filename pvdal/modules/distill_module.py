@@ -14,10 +14,12 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
+from pvdal.distill.decoder_init import freeze_decoder, transfer_decoder
 from pvdal.distill.losses import clamp_raw, match_loss, per_ray_error, psnr_from_mse
+from pvdal.distill.recipe import check_options, student_optim
 from pvdal.distill.stages import StageSchedule
 from pvdal.fields.activation import activate_density
-from pvdal.fields.base import FieldOutput
+from pvdal.fields.base import FieldOutput, volume_from
 from pvdal.io.checkpoint import LoadedField
 from pvdal.modules.base import RadianceModule, as_dict
 from pvdal.render.march import Samples, march_rays
@@ -33,7 +35,8 @@ class DistillModule(RadianceModule):
                  output_dir: str | None = None, schedule_steps: int = 10000, data_cfg=None,
                  al_levels: dict | None = None, nan_policy: str = "stop") -> None:
         distill = as_dict(distill)
-        student_arch = as_dict(student_arch)
+        check_options(distill)
+        student_arch = student_optim(as_dict(student_arch), distill)  # distill.optim wins
         clamp = distill.get("density_clamp")
         self.clamp = tuple(clamp) if clamp is not None else None
         self.early_stop_eps = float(distill.get("early_stop_eps") or 0.0)
@@ -54,10 +57,19 @@ class DistillModule(RadianceModule):
         teacher.field.eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher  # plain attribute: not a submodule, not saved
         t_field = teacher.field
-        skip = not (t_field.feature_dim and self.field.feature_dim
-                    and t_field.has_color_feature and self.field.has_color_feature)
-        self.proj = (None if skip or t_field.feature_dim == self.field.feature_dim else
-                     nn.Linear(self.field.feature_dim, t_field.feature_dim))
+        pair = f"{teacher.arch.get('name')}2{student_arch.get('name')}"
+        copied = transfer_decoder(t_field, self.field, distill.get("init_decoder"), pair)
+        self._frozen = (freeze_decoder(self.field, copied) if distill.get("freeze_decoder")
+                        else set())
+        # stage 1 aligns V(x) (16 dims on every side, no projection) or the raw explicit
+        # features (through a learned projection where the widths differ)
+        self.align = distill.get("align", "features")
+        skip = not (t_field.has_color_feature and self.field.has_color_feature)
+        if self.align == "features":
+            skip = skip or not (t_field.feature_dim and self.field.feature_dim)
+        self.proj = (None if skip or self.align == "volume"
+                     or t_field.feature_dim == self.field.feature_dim
+                     else nn.Linear(self.field.feature_dim, t_field.feature_dim))
         st = distill["stages"]
         self.schedule = StageSchedule.from_config(st["feat_end"], st["point_end"],
                                                   self.schedule_steps, skip)
@@ -73,6 +85,11 @@ class DistillModule(RadianceModule):
     teacher: LoadedField
 
     # --- plumbing -----------------------------------------------------------------------------
+    def optimizer_groups(self) -> dict[str, list]:
+        """The student's param groups without the frozen decoder tensors (freeze_decoder)."""
+        return {k: [p for p in ps if id(p) not in self._frozen]
+                for k, ps in self.field.param_groups().items()}
+
     def extra_param_groups(self) -> list[dict]:
         if self.proj is None:
             return []
@@ -134,9 +151,8 @@ class DistillModule(RadianceModule):
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)
-        step, w = self.schedule_step, self.cfg["weights"]  # paced by steps or by budget
+        step = self.schedule_step  # paced by steps or by budget
         stage = self.schedule.stage(step)
-        kind = self.cfg.get("loss_type", "mse")
         rays_o, rays_d = batch["rays_o"], batch["rays_d"]
         ray_al = self.al.get("ray")
         if ray_al is not None:
@@ -145,35 +161,7 @@ class DistillModule(RadianceModule):
         bg = (torch.rand_like(rays_o) if self.render_cfg.get("random_background", True)
               else self.background)
         samples, t = self.teacher_pass(rays_o, rays_d, bg)
-        s_feat = self.field.features(samples.positions)
-        point_mask = None
-        losses: dict[str, Tensor] = {}
-        if not self.schedule.skip_features:
-            proj = self.proj(s_feat) if self.proj is not None else s_feat
-            decay = float(self.cfg.get("feat_decay", 1.0)) ** step
-            losses["feat"] = match_loss(proj, t.features, kind) * float(w["feat"]) * decay
-        s_rgb = None
-        if stage >= 2:
-            s_out = self.field.decode(s_feat, samples.dirs)
-            s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
-            if stage == 3:
-                s_w, _ = render_weights(samples.scatter(activate_density(s_raw)), samples.deltas)
-                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid, bg)["rgb"]
-                point_al = self.al.get("point")
-                if point_al is not None:
-                    point_mask = point_al.select(t.weights, s_w.detach(), samples)
-                losses["rgb"] = match_loss(s_rgb, t.rgb, "mse") * float(w["rgb"])
-            # the raw student density against the clamped teacher: the constraint is the
-            # target's range, and a student outside it still gets a gradient back into it
-            losses["sigma"] = match_loss(s_out.sigma_raw, t.field.sigma_raw, kind,
-                                         point_mask) * float(w["sigma"])
-            both_feat = s_out.color_feat is not None and t.field.color_feat is not None
-            s_c, t_c = ((s_out.color_feat, t.field.color_feat) if both_feat
-                        else (s_out.rgb, t.field.rgb))
-            losses["color"] = match_loss(s_c, t_c, kind, point_mask) * float(w["color"])
-            if "feat" in losses and point_mask is not None:
-                losses["feat"] = match_loss(proj, t.features, kind, point_mask) * float(
-                    w["feat"]) * decay
+        losses, s_rgb, point_mask = self.stage_losses(stage, step, samples, t, bg)
         loss = sum(losses.values())
         reg = self.field.regularizer(samples.positions)
         if reg is not None:
@@ -201,6 +189,52 @@ class DistillModule(RadianceModule):
                 m = batch["cam"].shape[0]
                 view_al.observe(batch["cam"], (s_rgb[:m].detach() - t.rgb[:m]).square().mean(-1))
         return loss
+
+    def stage_losses(self, stage: int, step: int, samples: Samples, t: RenderOutput,
+                     bg: Tensor) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+        """The weighted losses of ``stage`` against the teacher's pass ``t``, the student's
+        render (stage 3, else None) and the point-level AL mask (or None).
+
+        Stage 1 aligns V(x) (``align=volume``) or the projected explicit features; stage 2
+        adds sigma and, per point, the colour feature (features) or the RGB (volume, and
+        whenever plenoxels is on a side); stage 3 adds the rendered RGB (MSE, or norm_l2
+        when that is the loss type, as in the paper's code)."""
+        w, kind = self.cfg["weights"], self.cfg.get("loss_type", "mse")
+        s_feat = self.field.features(samples.positions)
+        losses: dict[str, Tensor] = {}
+        s_out = s_rgb = point_mask = None
+        if stage >= 2:
+            s_out = self.field.decode(s_feat, samples.dirs)
+            if stage == 3:
+                s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
+                s_w, _ = render_weights(samples.scatter(activate_density(s_raw)), samples.deltas)
+                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid, bg)["rgb"]
+                point_al = self.al.get("point")
+                if point_al is not None:
+                    point_mask = point_al.select(t.weights, s_w.detach(), samples)
+                rgb_kind = "norm_l2" if kind == "norm_l2" else "mse"
+                losses["rgb"] = match_loss(s_rgb, t.rgb, rgb_kind) * float(w["rgb"])
+            # the raw student density against the clamped teacher: the constraint is the
+            # target's range, and a student outside it still gets a gradient back into it
+            losses["sigma"] = match_loss(s_out.sigma_raw, t.field.sigma_raw, kind,
+                                         point_mask) * float(w["sigma"])
+            both_feat = s_out.color_feat is not None and t.field.color_feat is not None
+            s_c, t_c = ((s_out.color_feat, t.field.color_feat)
+                        if both_feat and self.align == "features" else (s_out.rgb, t.field.rgb))
+            losses["color"] = match_loss(s_c, t_c, kind, point_mask) * float(w["color"])
+        if not self.schedule.skip_features:
+            decay = float(self.cfg.get("feat_decay", 1.0)) ** step
+            if self.align == "volume":  # the teacher's sigma_raw is already clamped
+                t_vol = volume_from(t.field.sigma_raw, t.field.color_feat)
+                s_vol = (self.field.volume(s_feat, self.clamp) if s_out is None else
+                         volume_from(s_out.sigma_raw, s_out.color_feat, self.clamp))
+                losses["volume"] = match_loss(s_vol, t_vol, kind, point_mask) * float(
+                    w["feat"]) * decay
+            else:
+                proj = self.proj(s_feat) if self.proj is not None else s_feat
+                losses["feat"] = match_loss(proj, t.features, kind, point_mask) * float(
+                    w["feat"]) * decay
+        return losses, s_rgb, point_mask
 
     # --- evaluation ---------------------------------------------------------------------------
     def _teacher_image(self, batch, cache: bool) -> tuple[dict, float]:
