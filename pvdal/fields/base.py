@@ -43,6 +43,8 @@ class RadianceField(nn.Module):
     feature_dim: int = 0
     #: False for fields whose decoder has no intermediate colour feature (plenoxels)
     has_color_feature: bool = True
+    #: width of the colour feature (native imports differ: TensoRF's is 27)
+    color_feature_dim: int = COLOR_FEATURE_DIM
 
     def __init__(self, density_clamp: tuple[float, float] | None = None) -> None:
         super().__init__()

@@ -1,5 +1,8 @@
 """Self-describing checkpoints: ``load_field(path)`` rebuilds a field with no other input.
 
+``load_field`` also reads other tools' files (a TensoRF ``.th``, a pvdal safetensors export):
+the format is detected from the content (pvdal/io/formats.py) and the file handed to its importer.
+
 A Lightning checkpoint gets a ``pvdal`` entry (added in the module's ``on_save_checkpoint``):
 pvdal's format version, the resolved arch config, the field's shape state (after upsampling or
 pruning), the occupancy-grid settings, the scene (AABB, contraction), background and marching
@@ -22,6 +25,7 @@ from torch import Tensor
 import pvdal
 from pvdal.fields.base import RadianceField
 from pvdal.io.atomic import atomic_save
+from pvdal.io.formats import detect_format, import_foreign
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.scene import UNIT_AABB, SceneSpec
 from pvdal.utils.errors import CheckpointError
@@ -123,7 +127,11 @@ def strict_load(module: torch.nn.Module, state: dict, what: str) -> None:
 
 
 def load_field(path: str | Path, key: str = "ckpt") -> LoadedField:
-    """Rebuild field + occupancy grid + scene from a pvdal checkpoint (strict)."""
+    """Rebuild field + occupancy grid + scene from a pvdal checkpoint (strict), or from any
+    other format pvdal reads (pvdal/io/formats.py: told apart by content, not by name)."""
+    fmt = detect_format(path, key)
+    if fmt != "pvdal":
+        return import_foreign(fmt, path, key)
     ckpt = read_checkpoint(path, key)
     meta = ckpt[KEY]
     field = instantiate(meta["arch"]["field"], _convert_="all")

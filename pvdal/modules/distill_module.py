@@ -67,6 +67,12 @@ class DistillModule(RadianceModule):
         skip = not (t_field.has_color_feature and self.field.has_color_feature)
         if self.align == "features":
             skip = skip or not (t_field.feature_dim and self.field.feature_dim)
+        widths = (t_field.color_feature_dim, self.field.color_feature_dim)
+        if not skip and widths[0] != widths[1]:  # an imported teacher's width (TensoRF: 27)
+            skip = self.align == "volume"  # no common V(x)
+            log.info("distill: colour features %d (teacher) and %d (student) wide: the "
+                     "per-point colour loss compares RGB%s", *widths,
+                     "; no V(x) to align, stage 1 is skipped" if skip else "")
         self.proj = (None if skip or self.align == "volume"
                      or t_field.feature_dim == self.field.feature_dim
                      else nn.Linear(self.field.feature_dim, t_field.feature_dim))
@@ -218,7 +224,8 @@ class DistillModule(RadianceModule):
             # target's range, and a student outside it still gets a gradient back into it
             losses["sigma"] = match_loss(s_out.sigma_raw, t.field.sigma_raw, kind,
                                          point_mask) * float(w["sigma"])
-            both_feat = s_out.color_feat is not None and t.field.color_feat is not None
+            both_feat = (s_out.color_feat is not None and t.field.color_feat is not None
+                         and s_out.color_feat.shape[-1] == t.field.color_feat.shape[-1])
             s_c, t_c = ((s_out.color_feat, t.field.color_feat)
                         if both_feat and self.align == "features" else (s_out.rgb, t.field.rgb))
             losses["color"] = match_loss(s_c, t_c, kind, point_mask) * float(w["color"])

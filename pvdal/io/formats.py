@@ -1,0 +1,111 @@
+"""Which field file is it? The format is read from the file's content, never from its name.
+
+``detect_format(path)`` looks at the first bytes and, for a torch (zip) file, at the names its
+pickle holds, without unpickling anything: a pvdal checkpoint holds a ``pvdal`` entry; a TensoRF
+``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors. ``load_field``
+(pvdal/io/checkpoint.py) calls it and hands a foreign file to its importer (``IMPORTERS``). A file
+that is none of ``FORMATS`` is one CheckpointError that names it and lists them.
+
+To add a format: a ``FORMATS`` entry, a test in ``_torch_format`` (or ``detect_format``), and an
+``IMPORTERS`` entry ``"module:function"`` with the signature ``(path, key) -> LoadedField``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickletools
+import struct
+import zipfile
+from pathlib import Path
+
+from pvdal.utils.errors import CheckpointError
+
+FORMATS = {
+    "pvdal": "a pvdal checkpoint (checkpoints/last.ckpt of train.py or distill.py)",
+    "pvdal-safetensors": "a pvdal safetensors export (export.py format=safetensors)",
+    "tensorf": "a TensoRF VM-split checkpoint (.th: kwargs + state_dict [+ alpha mask])",
+}
+IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
+    "pvdal-safetensors": "pvdal.io.export:load_safetensors",
+    "tensorf": "pvdal.io.importers.tensorf:import_tensorf",
+}
+_STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+            "BINSTRING", "STRING"}
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+          (b"\x1f\x8b", "a gzip file (an instant-ngp .ingp snapshot?)"),
+          (b"\x93NUMPY", "a numpy .npy array"), (b"\x80", "a bare pickle (legacy torch format)"),
+          (b"{", "a JSON / text file"), (b"#", "a text file"))
+
+
+def supported() -> str:
+    return "; ".join(f"{k}: {v}" for k, v in FORMATS.items())
+
+
+def unreadable(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(str(path), problem, f"pvdal reads, by content: {supported()}")
+
+
+def pickle_strings(data: bytes) -> set[str]:
+    """Every string constant of a pickle (keys and values), read without unpickling it."""
+    out: set[str] = set()
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in _STR_OPS and isinstance(arg, str | bytes):
+            out.add(arg if isinstance(arg, str) else arg.decode("latin-1"))
+    return out
+
+
+def _torch_format(path: Path, zf: zipfile.ZipFile) -> str:
+    pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if not pkl:
+        raise unreadable(path, "is a zip archive but not a torch checkpoint (a numpy .npz?)")
+    try:
+        strings = pickle_strings(zf.read(pkl[0]))
+    except Exception as e:
+        raise unreadable(path, f"cannot be read as a checkpoint ({type(e).__name__}): the file "
+                         "is truncated or damaged") from e
+    if "pvdal" in strings:
+        return "pvdal"
+    if {"kwargs", "state_dict"} <= strings:
+        if any(s.startswith("density_plane.") for s in strings):
+            return "tensorf"
+        if any(s.startswith("density_line") for s in strings):
+            raise CheckpointError(str(path), "is a TensoRF CP-decomposition checkpoint "
+                                  "(TensorCP: density_line without density_plane)",
+                                  "pvdal imports TensoRF's VM split (TensorVMSplit) only")
+    if "state_dict" in strings:
+        raise unreadable(path, "is a torch checkpoint but not a pvdal checkpoint (no 'pvdal' "
+                         "metadata) nor any format pvdal imports")
+    raise unreadable(path, "is a torch file holding none of the formats pvdal reads")
+
+
+def detect_format(path: str | Path, key: str = "ckpt") -> str:
+    """The format name (a ``FORMATS`` key) of the file at ``path``, from its content."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        raise CheckpointError(str(p), "checkpoint file not found", f"check {key}=PATH")
+    with open(p, "rb") as f:
+        head = f.read(16)
+    size = p.stat().st_size
+    if not head:
+        raise unreadable(p, "cannot be read as a checkpoint: the file is empty (truncated?)")
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(p) as zf:
+                return _torch_format(p, zf)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise unreadable(p, f"cannot be read as a checkpoint ({type(e).__name__}): the "
+                             "file is truncated or damaged") from e
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: u64 header length, JSON header
+        (n,) = struct.unpack("<Q", head[:8])
+        if 8 + n <= size:
+            return "pvdal-safetensors"
+        raise unreadable(p, "cannot be read as a checkpoint: a safetensors header longer than "
+                         "the file (truncated?)")
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), "unknown content")
+    raise unreadable(p, f"is not a file pvdal can read ({kind})")
+
+
+def import_foreign(fmt: str, path: str | Path, key: str = "ckpt"):
+    """Hand ``path`` (format ``fmt``, not ``pvdal``) to its importer -> LoadedField."""
+    module, func = IMPORTERS[fmt].split(":")
+    return getattr(importlib.import_module(module), func)(path, key)
