@@ -76,7 +76,7 @@ def test_two_processes_agree_and_match_one_process(tiny_cfg, tmp_path):
     ranks = tmp_path / "ranks"
     ranks.mkdir()
     steps = ["trainer.max_steps=12", "data.steps_per_epoch=6", "grid.update_every=4"]
-    ddp = tiny_cfg("train", [*steps, "trainer=ddp_sim", "data.batch_size=64"])
+    ddp = tiny_cfg("train", [*steps, "trainer=ddp_sim", "data.batch_size=128"])  # global
     train.run(ddp, [RankHash(str(ranks))])
     r0 = json.loads((ranks / "rank0.json").read_text())
     r1 = json.loads((ranks / "rank1.json").read_text())

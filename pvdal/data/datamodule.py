@@ -3,8 +3,11 @@
 A training batch is a pure function of (seed, global step): the loader only paces the steps
 and the module asks ``RayDataModule.ray_batch(step)`` for the rays. So a resumed run (even from
 a mid-epoch checkpoint, where Lightning restarts the loader) sees exactly the batches of an
-uninterrupted one, whatever the loader prefetches. Under DDP every rank draws the same global
-batch and keeps its own disjoint slice (``use_distributed_sampler=False`` in the trainer).
+uninterrupted one, whatever the loader prefetches. ``data.batch_size`` is the global batch:
+under DDP every rank draws the same global batch and keeps its own disjoint slice of
+``batch_size / world_size`` rays (``use_distributed_sampler=False`` in the trainer), so a
+one-process and an N-process run see the same rays per step and, with DDP averaging the ranks'
+gradients of their slice means, the same gradient.
 """
 
 from __future__ import annotations
@@ -61,10 +64,14 @@ class TrainRays(Dataset):
     def batch(self, step: int) -> dict[str, Tensor]:
         frames = self._index()
         rank, world = _rank_world()
+        if self.batch_size < world:
+            raise ConfigError("data.batch_size", f"{self.batch_size} rays cannot be split over "
+                              f"{world} processes", "it is the global batch: use at least one "
+                              "ray per process")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         total = int(self.offsets[-1])
-        gidx = torch.randint(0, total, (self.batch_size * world,), generator=g)
-        gidx = gidx[rank * self.batch_size:(rank + 1) * self.batch_size]
+        gidx = torch.randint(0, total, (self.batch_size,), generator=g)  # the global batch
+        gidx = gidx[rank * self.batch_size // world:(rank + 1) * self.batch_size // world]
         cam = torch.searchsorted(self.offsets, gidx, right=True) - 1
         local = gidx - self.offsets[cam]
         w = frames.hw[cam, 1]

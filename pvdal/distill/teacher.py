@@ -1,7 +1,9 @@
 """Where the frozen teacher comes from: ``teacher.ckpt=PATH``, or a cached / freshly trained one.
 
 A teacher trained by ``distill.py`` lives under ``<log_dir>/teachers/<hash of its resolved
-config>/``; a file lock makes two runs that ask at once train it once.
+config>/``; a file lock makes two runs that ask at once train it once. It trains in one
+process, before any DDP process of the student starts: the relaunched ranks of ``trainer=ddp``
+then find it in the cache.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def train_cfg_for_teacher(cfg: DictConfig, out_dir: Path) -> DictConfig:
         tcfg.paths.output_dir = str(out_dir)
         for k, v in cfg.teacher_train.items():
             tcfg.trainer[k] = v
+        # one process: under trainer=ddp the DDP processes start with the student's fit, after
+        # the teacher is cached (a DDP teacher fit would relaunch distill.py while this
+        # process holds the cache lock, and the relaunched ranks would wait on it forever)
+        if int(tcfg.trainer.get("devices", 1) or 1) != 1 or "ddp" in str(
+                tcfg.trainer.get("strategy", "")) or int(tcfg.trainer.get("num_nodes", 1)) > 1:
+            tcfg.trainer.devices, tcfg.trainer.num_nodes, tcfg.trainer.strategy = 1, 1, "auto"
         for k in ("teacher", "student", "distill", "al", "teacher_train"):
             tcfg.pop(k, None)
     return tcfg

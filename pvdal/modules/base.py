@@ -26,9 +26,12 @@ from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.renderer import render_chunked
 from pvdal.render.scene import SceneSpec
+from pvdal.utils.ddp import all_ranks_true, rewrap_after_new_parameters
 from pvdal.utils.errors import ConfigError, PvdalError
+from pvdal.utils.precision import safe_eps
 
 log = logging.getLogger("pvdal")
+FIELD_EXTRA = "pvdal_field_extra"  # key of the field's shape state in the module's state dict
 
 
 def as_dict(cfg: Any) -> dict:
@@ -89,7 +92,7 @@ class RadianceModule(pl.LightningModule):
         params = [{"params": p, "lr": float(lr[name]), "name": name}
                   for name, p in groups.items() if p]
         params += self.extra_param_groups()
-        opt = instantiate(self.arch["optimizer"])(params)
+        opt = safe_eps(instantiate(self.arch["optimizer"])(params))  # eps fits the dtype
         # exp or cosine over the schedule (steps or budget), see lr_schedule.py
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lr_factors(self.arch, opt, lambda: self.clock.progress))
@@ -115,20 +118,35 @@ class RadianceModule(pl.LightningModule):
     def finite_or_none(self, loss: Tensor, terms: dict[str, Tensor]) -> Tensor | None:
         """NaN guard: a non-finite loss either skips the batch (``nan_policy=skip``, returns
         None so no optimizer step happens) or saves ``last.ckpt`` with the still-finite
-        parameters and stops with a message naming the step and the loss term."""
-        if bool(torch.isfinite(loss)):
+        parameters and stops with a message naming the step and the loss term. Under DDP a
+        non-finite loss on any rank counts for all: they skip, or stop, together."""
+        # one decision on every rank: a rank that skipped alone would leave the others
+        # waiting in the gradient all-reduce, one that stopped alone in the checkpoint barrier
+        if all_ranks_true(torch.isfinite(loss)):
             return loss
-        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] or ["loss"]
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] or [
+            "loss" if not bool(torch.isfinite(loss)) else "loss (on another rank)"]
         step = self.global_step
         if self.nan_policy == "skip":
             log.warning("step %d: non-finite %s; batch skipped (nan_policy=skip)", step,
                         ", ".join(bad))
+            if self.trainer.world_size > 1:  # Lightning cannot skip a DDP step: backward a
+                self._drop_update = True  # zero loss (every rank), then drop the gradients
+                return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
             return None
         if self.output_dir:
             self.trainer.save_checkpoint(Path(self.output_dir) / "checkpoints" / "last.ckpt")
         raise PvdalError(f"step {step}", f"loss term {', '.join(bad)} is not finite; the last "
                          "good state is in checkpoints/last.ckpt",
                          "lower the learning rate, or set nan_policy=skip to drop such batches")
+
+    def on_after_backward(self) -> None:
+        """A step skipped by the NaN guard under DDP updates nothing: without gradients the
+        optimizer leaves every parameter and its state alone."""
+        if getattr(self, "_drop_update", False):
+            self._drop_update = False
+            for p in self.parameters():
+                p.grad = None
 
     def after_grid_update(self) -> None:
         """Hook after an occupancy update (distillation restricts the student's grid)."""
@@ -164,7 +182,8 @@ class RadianceModule(pl.LightningModule):
         """Field-specific schedule (upsampling, pruning) and occupancy update, before a step."""
         step = self.global_step
         prev, sched = self.clock.hook_steps()
-        if self.field.on_step(sched, self.grid, prev):
+        if self.field.on_step(sched, self.grid, prev):  # new Parameters: DDP and optimizer
+            rewrap_after_new_parameters(self.trainer)
             self.trainer.strategy.setup_optimizers(self.trainer)
         if self.grid.should_update(step):
             self.grid.update(step, self.field.density, self.step_size)
@@ -257,6 +276,22 @@ class RadianceModule(pl.LightningModule):
             atomic_write_json(self.metrics_path, result)
 
     # --- checkpoint ---------------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """The module's state, plus (top level only) the field's shape state under
+        ``FIELD_EXTRA``: whoever loads it resizes the field first. ``ddp_spawn`` hands rank 0's
+        weights back to the main process as a bare state dict, after upsampling or pruning."""
+        state = super().state_dict(*args, **kwargs)
+        if not args and not kwargs.get("prefix"):
+            state[FIELD_EXTRA] = self.field.extra_state_for_checkpoint()
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state_dict = dict(state_dict)
+        extra = state_dict.pop(FIELD_EXTRA, None)
+        if extra:
+            self.field.prepare_load(extra)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def checkpoint_prefixes(self) -> tuple[str, str]:
         return "field.", "grid."
 

@@ -173,8 +173,9 @@ class DistillModule(RadianceModule):
         if reg is not None:
             loss = loss + reg
             losses["reg"] = reg
-        if self.finite_or_none(loss, losses) is None:
-            return None
+        checked = self.finite_or_none(loss, losses)
+        if checked is not loss:  # skipped: None, or under DDP a zero loss with no update
+            return checked
         n, write_logs = rays_o.shape[0], self.log_step()
         if write_logs:
             for k, v in losses.items():

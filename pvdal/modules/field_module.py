@@ -45,8 +45,9 @@ class FieldModule(RadianceModule):
         reg = self.field.regularizer(out.samples.positions)
         if reg is not None:
             loss, terms["reg"] = loss + reg, reg
-        if self.finite_or_none(loss, terms) is None:
-            return None
+        checked = self.finite_or_none(loss, terms)
+        if checked is not loss:  # skipped: None, or under DDP a zero loss with no update
+            return checked
         if self.log_step():
             n = batch["rays_o"].shape[0]
             if reg is not None:
