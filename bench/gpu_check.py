@@ -103,17 +103,15 @@ def checkpoint_round_trip(device) -> dict:
     """NGP field on ``device``'s backend -> state dict -> CPU torch field, and back."""
     from pvdal.fields.ngp import NGPField
 
+    sizes = {k: v for k, v in PARITY_GRID.items() if k != "n_features"}
     torch.manual_seed(0)
-    gpu = NGPField(**{k: v for k, v in PARITY_GRID.items() if k != "n_features"},
-                   n_features_per_level=2).to(device)
+    gpu = NGPField(**sizes, n_features_per_level=2).to(device)
     with torch.no_grad():
         gpu.encoding.table().uniform_(-1, 1)
     state = {k: v.detach().cpu() for k, v in gpu.state_dict().items()}
-    cpu = NGPField(**{k: v for k, v in PARITY_GRID.items() if k != "n_features"},
-                   n_features_per_level=2, implementation="torch")
+    cpu = NGPField(**sizes, n_features_per_level=2, implementation="torch")
     cpu.load_state_dict(state, strict=True)
-    back = NGPField(**{k: v for k, v in PARITY_GRID.items() if k != "n_features"},
-                    n_features_per_level=2).to(device)
+    back = NGPField(**sizes, n_features_per_level=2).to(device)
     back.load_state_dict(cpu.state_dict(), strict=True)
     x = parity_points(1 << 14, device)
     d = torch.nn.functional.normalize(torch.randn_like(x), dim=-1)
@@ -250,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         ok, reason = backend.nerfacc_probe()
         res["nerfacc"] = {"compiled": ok, "reason": reason,
-                          "build_or_load_s": float(backend._probes["nerfacc_seconds"][1])}
+                          "build_or_load_s": backend.nerfacc_probe_seconds}
     else:
         res["nerfacc"] = {"compiled": False, "reason": "--cpu run"}
     ok, reason = backend.tcnn_probe()

@@ -17,16 +17,9 @@ import torch
 log = logging.getLogger("pvdal")
 _announced: set[str] = set()
 _probes: dict[str, tuple[bool, str]] = {}
+nerfacc_probe_seconds: float | None = None  # how long the first nerfacc probe took (its build)
 
 IMPLEMENTATIONS = ("auto", "torch", "tcnn")
-
-
-def module_available(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except Exception:  # ImportError, or a CUDA extension failing to load
-        return False
-    return True
 
 
 def announce(part: str, backend: str, reason: str = "") -> None:
@@ -51,6 +44,7 @@ def tcnn_probe() -> tuple[bool, str]:
 def nerfacc_probe() -> tuple[bool, str]:
     """Whether nerfacc's compiled CUDA kernels load (cached; the first call may build them, which
     takes minutes with ``nvcc``): (ok, reason). Only asked for CUDA tensors."""
+    global nerfacc_probe_seconds
     if "nerfacc" not in _probes:
         t0 = time.perf_counter()
         try:
@@ -62,7 +56,7 @@ def nerfacc_probe() -> tuple[bool, str]:
         except Exception as e:  # OSError CUDA_HOME, build errors, ...
             ok, reason = False, f"nerfacc's CUDA extension fails to load: {type(e).__name__}: {e}"
         _probes["nerfacc"] = (ok, reason)
-        _probes["nerfacc_seconds"] = (ok, f"{time.perf_counter() - t0:.1f}")
+        nerfacc_probe_seconds = time.perf_counter() - t0
     return _probes["nerfacc"]
 
 
