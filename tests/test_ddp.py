@@ -128,3 +128,16 @@ def test_ddp_distill_trains_its_teacher_first(tmp_path, data_dir):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["student"]["psnr"] > 0
     assert list((tmp_path / "logs" / "teachers").glob("*/checkpoints/last.ckpt"))
+
+
+def test_global_batch_smaller_than_the_world_is_one_config_error(tiny_cfg, monkeypatch):
+    from pvdal.data import datamodule
+    from pvdal.tasks.train import build_datamodule
+    from pvdal.utils.errors import ConfigError
+
+    dm = build_datamodule(tiny_cfg("train", ["data.batch_size=3"]))
+    monkeypatch.setattr(datamodule, "_rank_world", lambda: (1, 4))
+    with pytest.raises(ConfigError, match="data.batch_size.*3 rays cannot be split over 4"):
+        dm.ray_batch(0)
+    monkeypatch.setattr(datamodule, "_rank_world", lambda: (1, 2))
+    assert dm.ray_batch(0)["rays_o"].shape[0] == 2  # rank 1's slice [1:3] of the global 3
