@@ -43,9 +43,12 @@ class PointLevel:
         self.use_teacher, self.use_student = bool(use_teacher), bool(use_student)
 
     def select(self, t_weights: Tensor, s_weights: Tensor | None, samples: Samples) -> Tensor:
+        """Weights are packed [M] (or dense [n_rays, S], as the tests write them)."""
         dense = torch.zeros_like(samples.mask)
         for use, w in ((self.use_teacher, t_weights), (self.use_student, s_weights)):
             if use and w is not None:
+                if w.dim() == 1:
+                    w = samples.scatter(w)
                 dense |= top_weight_mask(w, samples.mask, self.top_fraction, self.min_opacity)
         # packed order is the row-major order of the dense mask (see Samples.scatter)
         return dense[samples.mask]

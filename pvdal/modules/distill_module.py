@@ -24,8 +24,7 @@ from pvdal.io.checkpoint import LoadedField
 from pvdal.modules.base import RadianceModule, as_dict
 from pvdal.render.march import Samples, march_rays
 from pvdal.render.occupancy import OccupancyGrid
-from pvdal.render.renderer import RenderOutput
-from pvdal.render.volrend import composite, render_weights
+from pvdal.render.renderer import RenderOutput, composite_samples
 
 log = logging.getLogger("pvdal")
 
@@ -142,18 +141,17 @@ class DistillModule(RadianceModule):
         out = T.field.decode(feat, samples.dirs)
         out.sigma_raw = clamp_raw(out.sigma_raw, self.clamp)
         sig = activate_density(out.sigma_raw)
-        w, trans = render_weights(samples.scatter(sig), samples.deltas)
         bg = self.background if background is None else background
-        res = composite(w, samples.scatter(out.rgb), samples.t_mid, bg)
+        res, w, trans = composite_samples(samples, sig, out.rgb, bg)
         if self.early_stop_eps > 0.0:  # the target above used every sample; the student skips
-            keep = trans[samples.mask] >= self.early_stop_eps  # the hidden ones
+            keep = trans >= self.early_stop_eps  # the hidden ones
             samples = samples.keep(keep)
             out = FieldOutput(out.sigma_raw[keep],
                               None if out.color_feat is None else out.color_feat[keep],
                               out.rgb[keep])
-            feat, sig, w = feat[keep], sig[keep], w * samples.mask
+            feat, sig, w, trans = feat[keep], sig[keep], w[keep], trans[keep]
         return samples, RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out,
-                                     feat, sig)
+                                     feat, sig, trans)
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)
@@ -214,8 +212,9 @@ class DistillModule(RadianceModule):
             s_out = self.field.decode(s_feat, samples.dirs)
             if stage == 3:
                 s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
-                s_w, _ = render_weights(samples.scatter(activate_density(s_raw)), samples.deltas)
-                s_rgb = composite(s_w, samples.scatter(s_out.rgb), samples.t_mid, bg)["rgb"]
+                s_res, s_w, _ = composite_samples(samples, activate_density(s_raw), s_out.rgb,
+                                                  bg)
+                s_rgb = s_res["rgb"]
                 point_al = self.al.get("point")
                 if point_al is not None:
                     point_mask = point_al.select(t.weights, s_w.detach(), samples)

@@ -39,7 +39,8 @@ class FieldModule(RadianceModule):
             bg = torch.rand_like(target)
             target = target + (bg - self.background) * (1.0 - batch["alpha"][:, None])
         out = render_rays(self.field, batch["rays_o"], batch["rays_d"], self.scene, self.grid,
-                          self.n_samples, bg, perturb=True)
+                          self.n_samples, bg, perturb=True,
+                          early_stop_eps=float(self.render_cfg.get("early_stop_eps") or 0.0))
         mse = F.mse_loss(out.rgb, target)
         loss, terms = mse, {"rgb": mse}
         reg = self.field.regularizer(out.samples.positions)

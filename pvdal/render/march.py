@@ -20,14 +20,26 @@ from pvdal.render.scene import SceneSpec, unit_aabb
 
 @dataclass
 class Samples:
-    """Samples of a ray batch; kept samples are ``mask`` in the dense [n_rays, n_samples] layout."""
+    """Packed samples of a ray batch (nerfacc's layout: only kept samples exist).
+
+    ``ray_indices`` is sorted; ``starts``/``ends`` are each kept sample's interval. The candidate
+    layout the marcher drew them from stays available as ``mask``/``t_starts``/``t_ends``
+    ([n_rays, S]) for the dense reference path and tests (``scatter``)."""
 
     mask: Tensor  # [n_rays, S] bool, sample evaluated
     t_starts: Tensor  # [n_rays, S]
     t_ends: Tensor  # [n_rays, S]
     positions: Tensor  # [M, 3] field coordinates of kept samples (in [-1, 1]^3)
     dirs: Tensor  # [M, 3] unit view directions of kept samples
-    ray_indices: Tensor  # [M] ray of each kept sample
+    ray_indices: Tensor  # [M] ray of each kept sample, sorted
+    starts: Tensor | None = None  # [M] interval start of each kept sample
+    ends: Tensor | None = None  # [M] interval end
+
+    def __post_init__(self) -> None:
+        if self.starts is None:
+            self.starts = self.t_starts[self.mask]
+        if self.ends is None:
+            self.ends = self.t_ends[self.mask]
 
     @property
     def n_rays(self) -> int:
@@ -41,6 +53,14 @@ class Samples:
     def deltas(self) -> Tensor:
         return self.t_ends - self.t_starts
 
+    @property
+    def mid(self) -> Tensor:
+        """[M] midpoint of each kept sample's interval."""
+        return 0.5 * (self.starts + self.ends)
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
     def scatter(self, values: Tensor, fill: float = 0.0) -> Tensor:
         """Packed [M, ...] -> dense [n_rays, S, ...] with ``fill`` at skipped samples."""
         out = values.new_full((*self.mask.shape, *values.shape[1:]), fill)
@@ -51,17 +71,21 @@ class Samples:
         mask = self.mask.clone()
         mask[self.mask] = packed  # boolean indexing visits kept samples in packed order
         return Samples(mask, self.t_starts, self.t_ends, self.positions[packed],
-                       self.dirs[packed], self.ray_indices[packed])
+                       self.dirs[packed], self.ray_indices[packed], self.starts[packed],
+                       self.ends[packed])
 
     def select(self, ray_ids: Tensor) -> Samples:
-        """The samples of a subset of rays (used by active learning)."""
+        """The samples of a subset of rays, in the order of ``ray_ids`` (active learning)."""
         keep = torch.zeros(self.n_rays, dtype=torch.bool, device=self.mask.device)
         keep[ray_ids] = True
         pk = keep[self.ray_indices]
         remap = torch.full((self.n_rays,), -1, dtype=torch.long, device=self.mask.device)
         remap[ray_ids] = torch.arange(len(ray_ids), device=self.mask.device)
+        ri = remap[self.ray_indices[pk]]
+        order = torch.argsort(ri, stable=True)  # packed samples stay sorted by ray
         return Samples(self.mask[ray_ids], self.t_starts[ray_ids], self.t_ends[ray_ids],
-                       self.positions[pk], self.dirs[pk], remap[self.ray_indices[pk]])
+                       self.positions[pk][order], self.dirs[pk][order], ri[order],
+                       self.starts[pk][order], self.ends[pk][order])
 
 
 def default_step_size(n_samples: int) -> float:

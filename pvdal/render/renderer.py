@@ -12,7 +12,7 @@ from pvdal.fields.base import FieldOutput, RadianceField
 from pvdal.render.march import Samples, march_rays
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.scene import SceneSpec
-from pvdal.render.volrend import composite, packed_render_weights, render_weights, use_nerfacc
+from pvdal.render.volrend import composite_packed, packed_weights
 
 
 @dataclass
@@ -20,52 +20,92 @@ class RenderOutput:
     rgb: Tensor  # [n_rays, 3]
     opacity: Tensor  # [n_rays]
     depth: Tensor  # [n_rays]
-    weights: Tensor  # [n_rays, S] (0 at skipped samples)
+    weights: Tensor  # [M] compositing weight of each packed sample
     samples: Samples
     field: FieldOutput  # packed per-sample outputs, [M, ...]
     features: Tensor  # [M, feature_dim] explicit features
     sigmas: Tensor  # [M] activated density
+    trans: Tensor | None = None  # [M] transmittance in front of each sample
+
+
+def composite_samples(
+    samples: Samples, sigmas: Tensor, rgbs: Tensor, background: Tensor,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Packed weights and compositing of ``samples``: (pixels, weights [M], trans [M])."""
+    w, trans = packed_weights(sigmas, samples.starts, samples.ends, samples.ray_indices,
+                              samples.n_rays)
+    res = composite_packed(w, rgbs, samples.mid, samples.ray_indices, samples.n_rays,
+                           background.to(w.device))
+    return res, w, trans
 
 
 def render_samples(
     field: RadianceField, samples: Samples, background: Tensor,
-    density_clamp: tuple[float, float] | None = None,
+    density_clamp: tuple[float, float] | None = None, early_stop_eps: float = 0.0,
 ) -> RenderOutput:
-    """Evaluate ``field`` at ``samples`` and composite. ``density_clamp`` overrides the field's."""
-    feat = field.features(samples.positions)
-    out = field.decode(feat, samples.dirs)
+    """Evaluate ``field`` at ``samples`` and composite. ``density_clamp`` overrides the field's.
+
+    ``early_stop_eps`` > 0 drops the samples behind surfaces (transmittance below it) before
+    the colour work: with gradients through a no-grad density pass (``visible_samples``); without
+    (rendering) from the same feature lookup, decoding only the visible samples."""
     clamp = density_clamp if density_clamp is not None else field.density_clamp
+    if early_stop_eps > 0.0 and torch.is_grad_enabled():
+        samples = visible_samples(field, samples, early_stop_eps, clamp)
+    feat = field.features(samples.positions)
+    if early_stop_eps > 0.0 and not torch.is_grad_enabled() and len(samples):
+        _, trans = packed_weights(activate_density(field.density_raw(feat), clamp),
+                                  samples.starts, samples.ends, samples.ray_indices,
+                                  samples.n_rays)
+        keep = trans >= early_stop_eps
+        samples, feat = samples.keep(keep), feat[keep]
+    out = field.decode(feat, samples.dirs)
     sigmas = activate_density(out.sigma_raw, clamp)
-    if use_nerfacc(sigmas):
-        m = samples.mask
-        w_packed = packed_render_weights(sigmas, samples.t_starts[m], samples.t_ends[m],
-                                         samples.ray_indices, samples.n_rays)
-        weights = samples.scatter(w_packed)
-    else:
-        weights, _ = render_weights(samples.scatter(sigmas), samples.deltas)
-    rgbs = samples.scatter(out.rgb)
-    res = composite(weights, rgbs, samples.t_mid, background.to(rgbs))
-    return RenderOutput(res["rgb"], res["opacity"], res["depth"], weights, samples, out, feat,
-                        sigmas)
+    res, w, trans = composite_samples(samples, sigmas, out.rgb, background)
+    return RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out, feat,
+                        sigmas, trans)
+
+
+@torch.no_grad()
+def visible_samples(
+    field: RadianceField, samples: Samples, eps: float,
+    density_clamp: tuple[float, float] | None = None,
+) -> Samples:
+    """Early ray termination before the field is evaluated with gradients (nerfacc's
+    ``sigma_fn``): a no-grad density pass gives each sample's transmittance, and samples whose
+    transmittance is below ``eps`` (behind a surface) are dropped. Together they could change a
+    pixel by less than ``eps``, so they are neither evaluated nor back-propagated."""
+    if eps <= 0.0 or len(samples) == 0:
+        return samples
+    clamp = density_clamp if density_clamp is not None else field.density_clamp
+    raw = field.density_raw(field.features(samples.positions))
+    _, trans = packed_weights(activate_density(raw, clamp), samples.starts, samples.ends,
+                              samples.ray_indices, samples.n_rays)
+    return samples.keep(trans >= eps)
 
 
 def render_rays(
     field: RadianceField, rays_o: Tensor, rays_d: Tensor, scene: SceneSpec,
     grid: OccupancyGrid | None, n_samples: int, background: Tensor, perturb: bool = False,
+    early_stop_eps: float = 0.0,
 ) -> RenderOutput:
+    """march -> (early termination) -> field -> composite: the one render path of a ray batch."""
     samples = march_rays(rays_o, rays_d, scene, grid, n_samples, perturb)
-    return render_samples(field, samples, background)
+    return render_samples(field, samples, background, early_stop_eps=early_stop_eps)
 
 
 @torch.no_grad()
 def render_chunked(
     field: RadianceField, rays_o: Tensor, rays_d: Tensor, scene: SceneSpec,
     grid: OccupancyGrid | None, n_samples: int, background: Tensor, chunk: int = 4096,
+    early_stop_eps: float = 1e-4,
 ) -> dict[str, Tensor]:
-    """Render many rays (a whole image) without gradients; returns rgb [R,3], depth, opacity."""
+    """Render many rays (a whole image) without gradients; returns rgb [R,3], depth, opacity.
+    Samples behind surfaces (transmittance < ``early_stop_eps``, nerfacc's default) get no
+    colour work."""
     parts: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "opacity": []}
     for o, d in zip(rays_o.split(chunk), rays_d.split(chunk)):
-        r = render_rays(field, o, d, scene, grid, n_samples, background)
+        r = render_rays(field, o, d, scene, grid, n_samples, background,
+                        early_stop_eps=early_stop_eps)
         parts["rgb"].append(r.rgb)
         parts["depth"].append(r.depth)
         parts["opacity"].append(r.opacity)

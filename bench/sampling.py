@@ -1,0 +1,99 @@
+"""Sampling efficiency: steps/s, samples per ray and test PSNR at equal wall-clock, before/after.
+
+    python -m bench.sampling [--budget 120] [--archs ngp mlp plenoxels tensorf] [--base REV]
+                             [--unbounded-size 64] [OVERRIDE ...]
+
+Each row trains one architecture with ``train.py`` for ``--budget`` seconds (``trainer.max_time``;
+the schedule is paced to fit) on the default scene and, for ngp, on an unbounded
+``transforms.json`` capture written by ``bench/unbounded_scene.py``. With ``--base REV`` the same
+runs are repeated in a git worktree of REV (the "before"), interleaved with the current tree so
+both see the same machine load. Writes bench/results/sampling.json: one row per (scene, arch,
+code) with ``steps_per_s``, ``samples_per_ray`` (mean of the logged values over the second half of
+the run), ``psnr`` (test split), ``render_rays_per_s``, ``steps``, plus ``provenance`` (commit,
+command line) and the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import ROOT, md_table, provenance, write_results
+from bench.unbounded_scene import write as write_unbounded
+
+
+def _samples_per_ray(run: Path) -> float | None:
+    vals = []
+    for f in run.glob("csv/**/metrics.csv"):
+        with f.open() as fh:
+            vals += [float(r["train/samples_per_ray"]) for r in csv.DictReader(fh)
+                     if r.get("train/samples_per_ray")]
+    half = vals[len(vals) // 2:]
+    return sum(half) / len(half) if half else None
+
+
+def train_run(tree: Path, out: Path, overrides: list[str], budget: float) -> dict:
+    """One ``train.py`` run in ``tree``; the metrics it wrote."""
+    secs = int(budget)
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}",
+           f"trainer.max_time=00:00:{secs // 60:02d}:{secs % 60:02d}",
+           "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", *overrides]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    return {"steps": m["steps"], "steps_per_s": m["steps"] / m["train_time_s"],
+            "samples_per_ray": _samples_per_ray(out), "psnr": m.get("psnr"),
+            "render_rays_per_s": m.get("render_rays_per_s"), "train_time_s": m["train_time_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=float, default=120.0, help="training seconds per run")
+    ap.add_argument("--archs", nargs="+", default=["ngp", "mlp", "plenoxels", "tensorf"])
+    ap.add_argument("--base", default=None, help="git revision to compare against")
+    ap.add_argument("--unbounded-size", type=int, default=64)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="pvdal-bench-sampling-"))
+    trees = {"current": ROOT}
+    if args.base:
+        base = tmp / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT,
+                       check=True, capture_output=True)
+        trees = {"base": base, "current": ROOT}
+    scene = write_unbounded(tmp / "unbounded", args.unbounded_size, 48, 6)
+    jobs = [("synthetic", a, []) for a in args.archs]
+    jobs.append(("unbounded", "ngp", ["data=transforms", f"data.root={scene}"]))
+    rows = []
+    try:
+        for scene_name, arch, extra in jobs:
+            for code, tree in trees.items():
+                out = tmp / f"{scene_name}-{arch}-{code}"
+                res = train_run(tree, out, [f"arch={arch}", *extra, *args.overrides],
+                                args.budget)
+                rows.append({"scene": scene_name, "arch": arch, "code": code, **res})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        if args.base:
+            subprocess.run(["git", "worktree", "remove", "--force", str(trees["base"])],
+                           cwd=ROOT, capture_output=True)
+    result = {"provenance": provenance(), "base": args.base, "budget_s": args.budget,
+              "overrides": args.overrides, "unbounded_scene": {
+                  "writer": "bench/unbounded_scene.py", "size": args.unbounded_size,
+                  "n_views": 54, "aabb_scale": 16}, "rows": rows}
+    table = md_table(rows, ["scene", "arch", "code", "steps", "steps_per_s", "samples_per_ray",
+                            "psnr", "render_rays_per_s"])
+    write_results("sampling", result, table)
+
+
+if __name__ == "__main__":
+    main()
