@@ -13,6 +13,7 @@ from pvdal.modules.distill_module import DistillModule
 from pvdal.tasks.common import check_ranges, writable_output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
 from pvdal.utils.presets import apply_preset
+from pvdal.viewer.live import live_callbacks
 
 log = logging.getLogger("pvdal")
 
@@ -49,7 +50,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
                            schedule_steps(cfg), cfg.data, levels, cfg.get("nan_policy", "stop"))
     log.info("distill: %s -> %s (al: %s) into %s", teacher.arch["name"], cfg.student.name,
              ",".join(levels) or "none", out)
-    callbacks = callbacks + list(extra_callbacks or [])
+    callbacks = callbacks + list(extra_callbacks or []) + live_callbacks(cfg)
     _, _, result = fit_and_test(cfg, module, dm, callbacks)
     log.info("student psnr %s dB, vs teacher %s dB; wrote %s", result["student"].get("psnr"),
              result["student_vs_teacher_psnr"], Path(out) / "metrics.json")

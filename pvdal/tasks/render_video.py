@@ -4,6 +4,8 @@
 elevation about the mean camera up, looking at the origin); for forward-facing data a small
 spiral around the mean pose. ``path=test``: the test-split poses. The cameras use the first
 frame's pinhole intrinsics (no distortion), scaled to ``resolution`` (frame height).
+``path=FILE``: a camera-path JSON saved by the viewer, or nerfstudio's (pvdal/viewer/camera_path.py;
+its size, scaled to ``resolution``, and its fps).
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ def spiral_path(c2w: Tensor, n: int, rots: float = 2.0, shrink: float = 0.5) -> 
     return torch.cat([R.expand(n, 3, 3), pos[:, :, None]], -1).float()
 
 
+def path_file(cfg: DictConfig):
+    """The CameraPath of ``path=FILE`` (a .json name or an existing file), else None."""
+    kind = str(cfg.path)
+    if kind in ("spiral", "test") or not (kind.endswith(".json") or Path(kind).is_file()):
+        return None
+    from pvdal.viewer.camera_path import load_camera_path
+
+    return load_camera_path(kind)
+
+
 def camera_path(cfg: DictConfig, data: SceneData) -> Frames:
     """The video's cameras: poses of ``cfg.path`` with one intrinsics scaled to the height."""
     kind = str(cfg.path)
@@ -90,8 +102,13 @@ def camera_path(cfg: DictConfig, data: SceneData) -> Frames:
         src = data.train
         ff = bool(data.meta.get("forward_facing"))
         c2w = spiral_path(src.c2w, n) if ff else orbit_path(src.c2w, n)
+    elif path_file(cfg) is not None:  # a camera-path JSON (pvdal's or nerfstudio's)
+        from pvdal.viewer.camera_path import path_frames
+
+        return path_frames(path_file(cfg), cfg.get("resolution"))
     else:
-        raise ConfigError("path", f"unknown camera path {kind!r}", "pass path=spiral or path=test")
+        raise ConfigError("path", f"unknown camera path {kind!r} (no such file)",
+                          "pass path=spiral, path=test or path=FILE.json (docs/viewer.md)")
     h, w = (int(v) for v in src.hw[0])
     s = 1.0 if cfg.get("resolution") is None else int(cfg.resolution) / h
     hw = torch.tensor([max(2, round(h * s)), max(2, round(w * s))])
@@ -146,14 +163,24 @@ def run(cfg: DictConfig) -> dict:
     check_ranges(cfg, RENDER_RANGES)
     out = output_dir(cfg)
     lf = load_checkpoint(cfg, pick_device(cfg))
-    data, _ = load_data(cfg, lf)
+    cp = path_file(cfg)
+    try:
+        data, _ = load_data(cfg, lf)
+    except ConfigError:
+        if cp is None:
+            raise
+        data = None  # a camera-path file needs no dataset (an imported field)
     cams = camera_path(cfg, data)
+    if data is None:
+        data = SceneData(cams, cams, cams, lf.scene)
+    fps = int(cfg.fps) if cp is None else cp.fps
+    name = str(cfg.path) if cp is None else Path(str(cfg.path)).stem
     n_samp, chunk = n_samples(cfg, lf), int(cfg.get("chunk", 4096))
     h, w = (int(v) for v in cams.hw[0])
     log.info("render: %s, %d frames of %dx%d (%s path)", lf.path, len(cams), w, h, cfg.path)
     rgbs, depths, opacities = [], [], []
     with progress(cfg) as bar:
-        task = bar.add_task(f"render {cfg.path}", total=len(cams))
+        task = bar.add_task(f"render {name}", total=len(cams))
         for i in range(len(cams)):
             img = render_view(lf, data, cams, i, n_samp, chunk)
             rgbs.append((img["rgb"].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8))
@@ -165,8 +192,8 @@ def run(cfg: DictConfig) -> dict:
     cmap = str(cfg.get("depth_colormap", "turbo"))
     frames = [np.concatenate([rgb, colorize_depth(d, o, lo, hi, bg, cmap)], axis=1)
               for rgb, d, o in zip(rgbs, depths, opacities)]
-    path = Path(cfg.output) if cfg.get("output") else out / f"video_{cfg.path}.mp4"
-    write_mp4(path, frames, int(cfg.fps))
+    path = Path(cfg.output) if cfg.get("output") else out / f"video_{name}.mp4"
+    write_mp4(path, frames, fps)
     log.info("wrote %s (depth %.3f..%.3f)", path, lo, hi)
     return {"video": str(path), "frames": len(frames), "height": h, "width": 2 * w,
-            "fps": int(cfg.fps), "depth_range": [lo, hi]}
+            "fps": fps, "depth_range": [lo, hi]}

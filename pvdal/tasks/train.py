@@ -19,6 +19,7 @@ from pvdal.modules.field_module import FieldModule
 from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
 from pvdal.utils.instantiate import build_trainer
 from pvdal.utils.presets import apply_preset
+from pvdal.viewer.live import live_callbacks
 
 log = logging.getLogger("pvdal")
 
@@ -76,7 +77,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
                          cfg.get("nan_policy", "stop"))
     log.info("training %s on %s (%d train / %d test views) into %s", cfg.arch.name,
              cfg.data.name, len(data.train), len(data.test), out)
-    _, _, result = fit_and_test(cfg, module, dm, extra_callbacks)
+    _, _, result = fit_and_test(cfg, module, dm, [*(extra_callbacks or []), *live_callbacks(cfg)])
     log.info("test psnr %.2f dB, ssim %.3f; wrote %s", result.get("psnr", float("nan")),
              result.get("ssim", float("nan")), Path(out) / "metrics.json")
     return result
