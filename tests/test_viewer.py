@@ -176,6 +176,29 @@ def test_server_answers_http_and_moves_off_a_busy_port(tmp_path, data_dir, tiny_
         b.stop()
 
 
+@pytest.mark.parametrize("kind", ["safetensors", "tensorf"])
+def test_view_reads_exports_and_imports(kind, tmp_path, data_dir, tiny_teacher):
+    """An export.py safetensors file and an imported TensoRF .th (no dataset: no camera list,
+    a default camera outside the unit box) both serve and render."""
+    from pvdal.io.checkpoint import load_field
+    from pvdal.io.export import save_safetensors
+
+    if kind == "tensorf":
+        ckpt = ROOT / "tests" / "data" / "tensorf_synthetic" / "tensorf.th"
+    else:
+        ckpt, _ = save_safetensors(load_field(tiny_teacher), tmp_path / "f.safetensors")
+    v = view.run(view_cfg(tmp_path, data_dir, ckpt))
+    try:
+        assert v.cameras if kind == "safetensors" else not v.cameras
+        ic = v.server.initial_camera
+        pos = torch.tensor(np.asarray(ic.position), dtype=torch.float32)[None]
+        c2w = render_video.look_at_origin(pos, torch.tensor(v.up, dtype=torch.float32))[0]
+        out = render_camera(v.target(), c2w, intrinsics(0.7, 24, 24), 24, 24)
+        assert float(out["opacity"].max()) > 0.1
+    finally:
+        v.stop()
+
+
 def test_view_bad_checkpoint_is_evals_error(tmp_path, data_dir):
     bad = tmp_path / "junk.ckpt"
     bad.write_bytes(b"\x00junk")
