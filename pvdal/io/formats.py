@@ -2,9 +2,11 @@
 
 ``detect_format(path)`` looks at the first bytes and, for a torch (zip) file, at the names its
 pickle holds, without unpickling anything: a pvdal checkpoint holds a ``pvdal`` entry; a TensoRF
-``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors. ``load_field``
-(pvdal/io/checkpoint.py) calls it and hands a foreign file to its importer (``IMPORTERS``). A file
-that is none of ``FORMATS`` is one CheckpointError that names it and lists them.
+``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors. A zip without a
+pickle is a numpy ``.npz``: svox2's holds ``links``, ``density_data`` and ``sh_data`` arrays.
+``load_field`` (pvdal/io/checkpoint.py) calls it and hands a foreign file to its importer
+(``IMPORTERS``). A file that is none of ``FORMATS`` is one CheckpointError that names it and lists
+them.
 
 To add a format: a ``FORMATS`` entry, a test in ``_torch_format`` (or ``detect_format``), and an
 ``IMPORTERS`` entry ``"module:function"`` with the signature ``(path, key) -> LoadedField``.
@@ -24,11 +26,14 @@ FORMATS = {
     "pvdal": "a pvdal checkpoint (checkpoints/last.ckpt of train.py or distill.py)",
     "pvdal-safetensors": "a pvdal safetensors export (export.py format=safetensors)",
     "tensorf": "a TensoRF VM-split checkpoint (.th: kwargs + state_dict [+ alpha mask])",
+    "svox2": "an svox2 / Plenoxels grid (.npz: links, density_data, sh_data, radius, center)",
 }
 IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
     "pvdal-safetensors": "pvdal.io.export:load_safetensors",
     "tensorf": "pvdal.io.importers.tensorf:import_tensorf",
+    "svox2": "pvdal.io.importers.svox2:import_svox2",
 }
+SVOX2_ARRAYS = {"links", "density_data", "sh_data"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
             "BINSTRING", "STRING"}
 _MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
@@ -55,9 +60,15 @@ def pickle_strings(data: bytes) -> set[str]:
 
 
 def _torch_format(path: Path, zf: zipfile.ZipFile) -> str:
-    pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    names = zf.namelist()
+    pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if not pkl:
-        raise unreadable(path, "is a zip archive but not a torch checkpoint (a numpy .npz?)")
+        arrays = {n[:-4] for n in names if n.endswith(".npy")}
+        if SVOX2_ARRAYS <= arrays:
+            return "svox2"
+        held = f"a numpy .npz of {sorted(arrays)[:6]}" if arrays else "no pickle, no arrays"
+        raise unreadable(path, f"is a zip archive but not a torch checkpoint nor an svox2 grid "
+                         f"({held})")
     try:
         strings = pickle_strings(zf.read(pkl[0]))
     except Exception as e:

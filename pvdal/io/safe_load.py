@@ -1,5 +1,6 @@
 """Foreign pickles, loaded safely: ``torch.load(weights_only=True)`` plus an allow-list of the
 numpy types such files hold (TensoRF stores its alpha mask as a numpy ``packbits`` array).
+Numpy archives (svox2's ``.npz``) load with ``allow_pickle=False``: plain arrays only.
 
 Nothing else is allowed: a file whose pickle names any other global (a class, a function) would
 need an unrestricted unpickler, which can run arbitrary code, so it is refused with the global's
@@ -56,6 +57,31 @@ def safe_torch_load(path: str | Path, what: str) -> Any:
                               "re-save the file holding only tensors, numbers, strings, lists, "
                               "dicts and numpy arrays") from e
     except Exception as e:  # truncated archive, bad records, ...
+        raise CheckpointError(str(path), f"cannot be read as a {what} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''})",
+                              "the file is truncated or damaged; copy it again") from e
+
+
+def safe_npz_load(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of a numpy ``.npz`` archive, loaded with ``allow_pickle=False`` (an object
+    array, which would need the pickle, is refused with its name)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {}
+            for name in z.files:
+                try:
+                    out[name] = z[name]
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise CheckpointError(str(path), f"{what} holds an object array {name!r}, "
+                                          "which needs a pickle; pvdal does not load it (it "
+                                          "could run code)", "re-save it holding plain numeric "
+                                          "arrays only") from e
+            return out
+    except CheckpointError:
+        raise
+    except Exception as e:  # truncated archive, bad CRC, bad .npy header, ...
         raise CheckpointError(str(path), f"cannot be read as a {what} ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''})",
                               "the file is truncated or damaged; copy it again") from e
