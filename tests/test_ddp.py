@@ -86,8 +86,8 @@ class PoisonRank1(pl.Callback):
             return
         real = dm.ray_batch
 
-        def poisoned(step: int):
-            batch = real(step)
+        def poisoned(step: int, device=None):
+            batch = real(step, device)
             if step == self.step:
                 batch = {**batch, "rgb": torch.full_like(batch["rgb"], float("nan"))}
             return batch

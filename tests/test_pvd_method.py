@@ -224,10 +224,10 @@ def test_paper_preset_builds_adamw_with_cosine_to_7e5(distill_cfg, tiny_teacher)
     assert opt.defaults["betas"] == (0.9, 0.99) and opt.defaults["eps"] == 1e-15
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]  # x0.1 for an MLP student
     opt.step()  # no gradients: changes nothing, keeps the scheduler's order check quiet
-    m.clock.state[0] = 0.5
+    m.clock.set_state(progress=0.5)
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx((1e-3 + 7e-5) / 2)
-    m.clock.state[0] = 1.0
+    m.clock.set_state(progress=1.0)
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([7e-5, 7e-5])
 

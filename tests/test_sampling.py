@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor
 
 from pvdal.fields.base import FieldOutput, RadianceField
 from pvdal.io.checkpoint import load_field
 from pvdal.render.march import march_rays
+from pvdal.render.rays import ray_aabb_intersect
 from pvdal.render.renderer import render_rays, render_samples, visible_samples
 from pvdal.render.scene import SceneSpec
 from pvdal.render.volrend import composite, composite_packed, packed_weights, render_weights
@@ -86,3 +88,106 @@ def test_early_termination_keeps_a_trained_field_within_1e4(tiny_teacher):
                               early_stop_eps=1e-4)
         assert len(out.samples) <= len(ref.samples)
         assert (out.rgb.detach() - ref.rgb.detach()).abs().max() <= 1e-4 + 1e-6
+
+
+class SyncCounter:
+    """Counts host reads of tensor values (``.item()``, ``bool``/``float``/``int``, ``tolist``):
+    on CUDA each one waits for the device."""
+
+    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+    def __init__(self, monkeypatch) -> None:
+        self.count, self.active = 0, False
+        for name in self.NAMES:
+            orig = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _orig=orig, **k):
+                if self.active:
+                    self.count += 1
+                return _orig(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def wrap(self, cls, monkeypatch, per_step: list) -> None:
+        orig = cls.training_step
+
+        def step(module, batch, batch_idx):
+            logging = module.log_step()
+            self.count, self.active = 0, True
+            try:
+                return orig(module, batch, batch_idx)
+            finally:
+                self.active = False
+                per_step.append((logging, self.count))
+
+        monkeypatch.setattr(cls, "training_step", step)
+
+
+def test_no_host_sync_in_training_step_on_non_logging_steps(tiny_cfg, distill_cfg, monkeypatch):
+    from pvdal.modules.base import RadianceModule
+    from pvdal.modules.distill_module import DistillModule
+    from pvdal.modules.field_module import FieldModule
+    from pvdal.tasks import distill, train
+
+    monkeypatch.setattr(RadianceModule, "defer_nan_check", True)  # as on CUDA
+    counter = SyncCounter(monkeypatch)
+    seen: dict[str, list] = {"train": [], "distill": []}
+    counter.wrap(FieldModule, monkeypatch, seen["train"])
+    counter.wrap(DistillModule, monkeypatch, seen["distill"])
+    logs = ["trainer.log_every_n_steps=4", "trainer.max_steps=8"]
+    train.run(tiny_cfg("train", logs))
+    distill.run(distill_cfg("ngp", [*logs, "al=full", "distill.stages.feat_end=2",
+                                    "distill.stages.point_end=4"]))
+    for task, steps in seen.items():
+        quiet = [n for logging, n in steps if not logging]
+        assert quiet and all(n == 0 for n in quiet), (task, steps)
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_deferred_nan_check_acts_at_the_next_logging_step(tiny_cfg, policy, monkeypatch, caplog):
+    from pvdal.modules.base import RadianceModule
+    from pvdal.tasks import train
+    from pvdal.utils.errors import PvdalError
+    from tests.test_reliability import PoisonLoss
+
+    monkeypatch.setattr(RadianceModule, "defer_nan_check", True)
+    cfg = tiny_cfg("train", ["trainer.max_steps=8", "trainer.log_every_n_steps=4",
+                             f"nan_policy={policy}"])
+    if policy == "stop":  # poisoned at step 5: found on the logging step 7 (8th step)
+        with pytest.raises(PvdalError, match=r"step 5.*not finite on 2 step"):
+            train.run(cfg, [PoisonLoss(5)])
+        return
+    with caplog.at_level("WARNING", logger="pvdal"):
+        train.run(cfg, [PoisonLoss(5)])
+    msgs = [r.getMessage() for r in caplog.records if "gradients were zeroed" in r.getMessage()]
+    assert msgs and msgs[0].startswith("step 5: non-finite loss on 2 step(s)")
+
+
+def test_unbounded_steps_grow_with_distance_and_never_skip_a_cell():
+    """Past the unit box samples are equally spaced in contracted (field) space: the field step
+    is one constant per ray, below one cell of the default 64^3 grid (so the grid sees every
+    cell a ray crosses), while the world step grows with distance (the documented law,
+    march.py). Cameras as the transforms.json parser places them (radius 2.5, outside the box),
+    looking through the box, past it, or straight out."""
+    spec = SceneSpec(contraction=True, near=0.05, far=60.0)
+    g = torch.Generator().manual_seed(4)
+    o = 2.5 * torch.nn.functional.normalize(torch.randn(256, 3, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(256, 3, generator=g) - 0.5 * o, dim=-1)
+    s = march_rays(o, d, spec, None, n_samples=128)
+    t0, t1 = s.t_starts, s.t_ends  # every candidate is kept without a grid
+    edges = torch.cat([t0, t1[:, -1:]], dim=1)
+    x = spec.to_field(o[:, None] + edges[..., None] * d[:, None])
+    field_step = (x[:, 1:] - x[:, :-1]).norm(dim=-1)  # [n_rays, 128]
+    t_in, t_exit = ray_aabb_intersect(o, d, torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+    hit = t_exit > t_in
+    t_exit = torch.where(hit, t_exit, spec.near)
+    outer = t0 >= t_exit[:, None] - 1e-5
+    assert field_step.max() <= 2.0 / 64  # never more than one grid cell, inside or past the box
+    for r in range(256):  # one constant per ray (to the table's linear interpolation)
+        dev = (field_step[r] / field_step[r].median() - 1.0).abs()
+        assert (dev < 0.1).float().mean() > 0.9 and dev.max() < 0.5, r
+    dt = t1 - t0
+    inner = ~outer & hit[:, None]
+    assert inner.any() and outer.any()
+    assert (dt[:, -1] > 20 * dt[:, :1]).all()  # the world step near ``far`` is much longer
+    assert (dt > 0).all()

@@ -49,6 +49,7 @@ class TrainRays(Dataset):
             self._frames = frames
             sizes = frames.hw[:, 0] * frames.hw[:, 1]
             self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)])
+            self.total = int(self.offsets.numpy()[-1])  # host data: no tensor read
             self.pixels = (None if frames.images is None else
                            torch.cat([im.reshape(-1, 3) for im in frames.images]))
             self.alpha = (None if frames.alphas is None or frames.images is None else
@@ -61,7 +62,21 @@ class TrainRays(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {"slot": torch.tensor(i)}
 
-    def batch(self, step: int) -> dict[str, Tensor]:
+    def _on(self, frames: Frames, device: torch.device) -> tuple[Frames, dict[str, Tensor]]:
+        """The frames and pixel tables on ``device``, copied once per frames and device."""
+        key = (id(frames), str(device))
+        if getattr(self, "_dev_key", None) != key:
+            tabs = {"offsets": self.offsets, "pixels": self.pixels,
+                    "alpha": getattr(self, "alpha", None)}
+            self._dev = (frames.to(device), {k: None if v is None else v.to(device)
+                                             for k, v in tabs.items()})
+            self._dev_key = key
+        return self._dev
+
+    def batch(self, step: int, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """This rank's slice of step ``step``'s global batch, built on ``device`` (default:
+        the CPU): the random pixel indices come from a CPU generator seeded by the step (so
+        every device draws the same batch) and are the only thing copied per step."""
         frames = self._index()
         rank, world = _rank_world()
         if self.batch_size < world:
@@ -69,19 +84,21 @@ class TrainRays(Dataset):
                               f"{world} processes", "it is the global batch: use at least one "
                               "ray per process")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        total = int(self.offsets[-1])
-        gidx = torch.randint(0, total, (self.batch_size,), generator=g)  # the global batch
+        gidx = torch.randint(0, self.total, (self.batch_size,), generator=g)  # the global batch
         gidx = gidx[rank * self.batch_size // world:(rank + 1) * self.batch_size // world]
-        cam = torch.searchsorted(self.offsets, gidx, right=True) - 1
-        local = gidx - self.offsets[cam]
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        frames, tabs = self._on(frames, dev)
+        gidx = gidx.to(dev, non_blocking=True)
+        cam = torch.searchsorted(tabs["offsets"], gidx, right=True) - 1
+        local = gidx - tabs["offsets"][cam]
         w = frames.hw[cam, 1]
         py, px = local // w, local % w
         rays_o, rays_d = self.data.rays(frames, cam, px, py)
         out = {"rays_o": rays_o, "rays_d": rays_d, "cam": cam, "px": px, "py": py}
-        if self.pixels is not None:
-            out["rgb"] = self.pixels[gidx]
-        if getattr(self, "alpha", None) is not None:
-            out["alpha"] = self.alpha[gidx]
+        if tabs["pixels"] is not None:
+            out["rgb"] = tabs["pixels"][gidx]
+        if tabs["alpha"] is not None:
+            out["alpha"] = tabs["alpha"][gidx]
         return out
 
 
@@ -132,9 +149,10 @@ class RayDataModule(pl.LightningDataModule):
                                          self._train_frames)
         return self._train_rays
 
-    def ray_batch(self, step: int) -> dict[str, Tensor]:
-        """The training batch of global step ``step`` (this rank's slice)."""
-        return self.train_rays().batch(step)
+    def ray_batch(self, step: int, device: torch.device | str | None = None
+                  ) -> dict[str, Tensor]:
+        """The training batch of global step ``step`` (this rank's slice), on ``device``."""
+        return self.train_rays().batch(step, device)
 
     # Each loader has its own generator: creating an iterator would otherwise draw a seed from
     # the global RNG, so a resumed run (new iterators) would drift from an uninterrupted one.

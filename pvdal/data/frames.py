@@ -52,6 +52,12 @@ class Frames:
                                     f"{int(self.hw[i][1])}x{int(self.hw[i][0])}",
                                     "all images of a capture must match its intrinsics")
 
+    def to(self, device: torch.device | str) -> Frames:
+        """The cameras on ``device`` (images stay where they are: batches use pixel tables)."""
+        return Frames(self.c2w.to(device), self.intrinsics.to(device), self.hw.to(device),
+                      self.images, None if self.distortion is None else
+                      self.distortion.to(device), self.names, self.alphas)
+
     def subset(self, idx: list[int]) -> Frames:
         return Frames(
             self.c2w[idx], self.intrinsics[idx], self.hw[idx],

@@ -80,6 +80,9 @@ class RadianceModule(pl.LightningModule):
         self.output_dir = output_dir
         self.schedule_steps = max(1, int(schedule_steps))
         self.clock = ScheduleClock(self.schedule_steps)  # budget: set by the task (max_time)
+        # its state stays on the CPU (read every step); every rank keeps its own clock and
+        # rank 0's pace is broadcast by ``optimizer_step``, so DDP must not sync it as a buffer
+        self._ddp_params_and_buffers_to_ignore = ["clock.state"]
         self.n_samples = int(self.render_cfg["n_samples"])
         self.step_size = default_step_size(self.n_samples)
         self._test_rows: list[dict] = []
@@ -115,11 +118,27 @@ class RadianceModule(pl.LightningModule):
         if self.clock.tick(done, sync) and done < self.clock.max_steps:
             trainer.should_stop = True
 
+    #: check the loss on the device between logging steps (None: on CUDA only, where a check
+    #: would wait for the device every step; on the CPU a check costs nothing)
+    defer_nan_check: bool | None = None
+
     def finite_or_none(self, loss: Tensor, terms: dict[str, Tensor]) -> Tensor | None:
         """NaN guard: a non-finite loss either skips the batch (``nan_policy=skip``, returns
         None so no optimizer step happens) or saves ``last.ckpt`` with the still-finite
         parameters and stops with a message naming the step and the loss term. Under DDP a
-        non-finite loss on any rank counts for all: they skip, or stop, together."""
+        non-finite loss on any rank counts for all: they skip, or stop, together.
+
+        Deferred (``defer_nan_check``; on CUDA by default) on steps that don't log: the check
+        stays on the device, a bad step's gradients are zeroed before the optimizer step
+        (``on_before_optimizer_step``; Adam still applies its momentum) and the policy acts at
+        the next logging step, naming the first bad step."""
+        defer = self.defer_nan_check
+        if defer is None:
+            defer = loss.is_cuda
+        if defer and not self.log_step():
+            self._step_ok = torch.isfinite(loss.detach())
+            return loss
+        self._report_deferred()
         # one decision on every rank: a rank that skipped alone would leave the others
         # waiting in the gradient all-reduce, one that stopped alone in the checkpoint barrier
         if all_ranks_true(torch.isfinite(loss)):
@@ -139,6 +158,47 @@ class RadianceModule(pl.LightningModule):
         raise PvdalError(f"step {step}", f"loss term {', '.join(bad)} is not finite; the last "
                          "good state is in checkpoints/last.ckpt",
                          "lower the learning rate, or set nan_policy=skip to drop such batches")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A deferred NaN check: zero this step's gradients on the device if the loss or any
+        gradient (another rank's NaN arrives through the all-reduce) is not finite."""
+        ok = getattr(self, "_step_ok", None)
+        if ok is None:
+            return
+        self._step_ok = None
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            ok = ok & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        zero = torch.zeros((), device=ok.device)
+        for g in grads:
+            g.copy_(torch.where(ok, g, zero.to(g.dtype)))
+        bad = getattr(self, "_bad_steps", None)
+        step = torch.full((), self.global_step, device=ok.device)
+        if bad is None:
+            bad = self._bad_steps = torch.zeros(2, dtype=torch.long, device=ok.device)
+            bad[1] = -1
+        bad[0] += (~ok).long()
+        bad[1] = torch.where(~ok & (bad[1] < 0), step, bad[1])
+
+    def _report_deferred(self) -> None:
+        """On a checked step: act on the bad steps a deferred check found since the last one."""
+        bad = getattr(self, "_bad_steps", None)
+        if bad is None:
+            return
+        n, first = (int(v) for v in bad.tolist())
+        self._bad_steps = None
+        if n == 0:
+            return
+        if self.nan_policy == "skip":
+            log.warning("step %d: non-finite loss on %d step(s) since; their gradients were "
+                        "zeroed (nan_policy=skip)", first, n)
+            return
+        if self.output_dir:
+            self.trainer.save_checkpoint(Path(self.output_dir) / "checkpoints" / "last.ckpt")
+        raise PvdalError(f"step {first}", f"the loss was not finite on {n} step(s) since (their "
+                         "gradients were zeroed); the state after them is in "
+                         "checkpoints/last.ckpt", "lower the learning rate, or set "
+                         "nan_policy=skip to drop such batches")
 
     def on_after_backward(self) -> None:
         """A step skipped by the NaN guard under DDP updates nothing: without gradients the
@@ -164,7 +224,7 @@ class RadianceModule(pl.LightningModule):
         a batch that already holds rays (direct calls in tests) is used as it is."""
         if "rays_o" in batch:
             return batch
-        rays = self.trainer.datamodule.ray_batch(self.global_step)
+        rays = self.trainer.datamodule.ray_batch(self.global_step, self.device)
         return {k: v.to(self.device) for k, v in rays.items()}
 
     def log_step(self) -> bool:
@@ -314,6 +374,7 @@ class RadianceModule(pl.LightningModule):
         self._resume_rng = checkpoint.get("rng")  # applied when training starts
 
     def on_train_end(self) -> None:
+        self._report_deferred()
         msg = self.clock.end_message(self.global_step)
         if msg and self.trainer.is_global_zero:
             log.info(msg)

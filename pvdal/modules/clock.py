@@ -12,7 +12,8 @@ of being cut in the middle of its schedule. The schedule step ``round(p * max_st
 step-configured events (``upsample_steps``, ``feat_end``, ...) compare against.
 
 The state (progress, elapsed time, last schedule step handed to the field's hooks, steps done)
-is a persistent buffer, so it is in every checkpoint and a resumed run continues exactly.
+is a persistent buffer, so it is in every checkpoint and a resumed run continues exactly; between
+saves it lives in plain floats, so reading it each step never waits for a device.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def budget_seconds(max_time, key: str = "trainer.max_time") -> float | None:
     return sec
 
 
+def _mirror_after_load(module: ScheduleClock, _keys) -> None:
+    module._s = module.state.tolist()  # module-level (not a lambda): pickles for ddp_spawn
+
+
 class ScheduleClock(nn.Module):
     """Progress of the run; ``tick`` after every optimizer step, ``step`` for schedules."""
 
@@ -60,16 +65,37 @@ class ScheduleClock(nn.Module):
         self.budget_s = budget_s
         # [progress, elapsed_s, last schedule step given to the field's hooks + 1, steps done]
         self.register_buffer("state", torch.zeros(4, dtype=torch.float64))
+        self._s = [0.0] * 4  # what is read and written each step: plain floats, no tensor
         self._t0: float | None = None
         self._base = 0.0
+        self.register_load_state_dict_post_hook(_mirror_after_load)
+
+    def _apply(self, fn, recurse=True):
+        """``state`` stays a float64 CPU tensor wherever the module is moved or cast (DDP is
+        told to leave it alone, see ``RadianceModule``)."""
+        state = self._buffers["state"]
+        out = super()._apply(fn, recurse)
+        self._buffers["state"] = state
+        return out
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._buffers["state"].copy_(torch.tensor(self._s, dtype=torch.float64))
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def set_state(self, progress: float | None = None, elapsed: float | None = None) -> None:
+        """Set the progress / elapsed seconds (tests, and resuming from older checkpoints)."""
+        if progress is not None:
+            self._s[0] = float(progress)
+        if elapsed is not None:
+            self._s[1] = float(elapsed)
 
     @property
     def progress(self) -> float:
-        return float(self.state[0])
+        return self._s[0]
 
     @property
     def elapsed(self) -> float:
-        return float(self.state[1])
+        return self._s[1]
 
     @property
     def step(self) -> int:
@@ -93,14 +119,14 @@ class ScheduleClock(nn.Module):
         p = global_step / self.max_steps
         if self.budget_s is not None:
             p = max(p, elapsed / self.budget_s)
-        self.state[0], self.state[1], self.state[3] = min(p, 1.0), elapsed, global_step
+        self._s[0], self._s[1], self._s[3] = min(p, 1.0), elapsed, float(global_step)
         return self.complete
 
     def hook_steps(self) -> tuple[int, int]:
         """(previous, current) schedule step for the field's event hooks (an event at step s
         fires once when ``previous < s <= current``); -1 before the first step."""
-        prev, cur = int(self.state[2]) - 1, self.step
-        self.state[2] = cur + 1
+        prev, cur = int(self._s[2]) - 1, self.step
+        self._s[2] = float(cur + 1)
         return prev, cur
 
     def by_budget(self) -> bool:
@@ -111,7 +137,7 @@ class ScheduleClock(nn.Module):
         """The keys metrics.json gains: steps done, max_steps, budget_s, schedule_complete.
         The clock's own step count stands in where ``steps`` is lost (a ddp_spawn test process
         starts at global step 0; the buffer comes back with the weights)."""
-        return {"steps": max(int(steps), int(self.state[3])), "max_steps": self.max_steps,
+        return {"steps": max(int(steps), int(self._s[3])), "max_steps": self.max_steps,
                 "budget_s": self.budget_s, "schedule_complete": self.complete}
 
     def end_message(self, steps: int) -> str | None:

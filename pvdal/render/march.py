@@ -2,7 +2,13 @@
 
 Bounded scenes use a fixed step (``step_size``) inside the unit box, as instant-ngp does, so a
 sample's opacity means the same everywhere. Unbounded scenes spend half the samples linearly in
-the inner box and half uniformly in disparity out to ``far``.
+the inner box and the rest past it, out to ``far``, at one step of contracted (field) space per
+ray (``contracted_table``; the split between the two parts keeps the step equal): the world step
+grows with distance (about as the squared distance
+from the scene centre, the contraction's 1/r^2 slope), the field step stays one constant per ray,
+below one cell of the default 64^3 grid with 128 samples, so the occupancy grid sees every cell
+a ray crosses (tests/test_sampling.py). Rays that miss the box spend every sample this way from
+``near``.
 """
 
 from __future__ import annotations
@@ -109,15 +115,45 @@ def sample_t(
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
         valid = (t_starts < t_far[:, None]) & (t_far > t_near)[:, None]
         return t_starts, torch.minimum(t_ends, t_far[:, None].clamp_min(0)), valid
-    n_in = n_samples // 2
-    t_box = torch.maximum(t_far, t_near + 1e-3)  # where the ray leaves the inner box
+    # rays through the unit box: linear inside it, then out to ``far`` at equal steps of
+    # contracted (field) space; samples are split so that the field step is the same on both
+    # sides (field = world / 2 inside the box). Rays that miss it: all past ``near``
+    miss = t_far <= t_near
+    t_lo = torch.where(miss, torch.full_like(t_near, scene.near), t_near)[:, None]
+    t_box = torch.where(miss, t_lo[:, 0], torch.maximum(t_far, t_near + 1e-3))[:, None]
+    t_tab, cum = contracted_table(rays_o, rays_d, scene, t_box)
+    inner = torch.where(miss[:, None], 0.0, 0.5 * (t_box - t_lo))
+    frac_in = inner / (inner + cum[:, -1:]).clamp_min(1e-9)
     s = (torch.arange(n_samples + 1, device=dev) + u - 0.5).clamp(0, n_samples) / n_samples
-    lin = t_near[:, None] + (t_box - t_near)[:, None] * (s * n_samples / n_in).clamp(max=1.0)
-    s_out = ((s * n_samples - n_in) / (n_samples - n_in)).clamp(0.0, 1.0)
-    disp = 1.0 / (1.0 / t_box[:, None] * (1 - s_out) + 1.0 / scene.far * s_out)
-    edges = torch.where(s * n_samples <= n_in, lin, disp)
+    lin = t_lo + (t_box - t_lo) * (s / frac_in.clamp_min(1e-9)).clamp(max=1.0)
+    s_out = ((s - frac_in) / (1.0 - frac_in).clamp_min(1e-9)).clamp(0.0, 1.0)
+    edges = torch.where(s <= frac_in, lin, invert_table(t_tab, cum, s_out))
     t_starts, t_ends = edges[:, :-1], edges[:, 1:]
     return t_starts, t_ends, t_ends > t_starts
+
+
+def contracted_table(
+    rays_o: Tensor, rays_d: Tensor, scene: SceneSpec, t_start: Tensor, size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """A geometric table of distances from ``t_start`` [n_rays, 1] to ``far`` and the
+    cumulative path length in contracted (field) space at each: ([n_rays, size], same)."""
+    g = torch.linspace(0.0, 1.0, size, device=rays_o.device)
+    t0 = t_start.clamp_min(1e-4)
+    t_tab = t0 * (scene.far / t0).clamp_min(1.0 + 1e-6) ** g
+    x = scene.to_field(rays_o[:, None] + t_tab[..., None] * rays_d[:, None])
+    seg = (x[:, 1:] - x[:, :-1]).norm(dim=-1)
+    return t_tab, torch.cat([torch.zeros_like(seg[:, :1]), torch.cumsum(seg, dim=-1)], dim=-1)
+
+
+def invert_table(t_tab: Tensor, cum: Tensor, q: Tensor) -> Tensor:
+    """Distances [n_rays, K] at fractions ``q`` [n_rays, K] of each ray's contracted path
+    length (linear interpolation in the table): equal ``q`` steps are equal field steps."""
+    target = (cum[:, -1:] * q).contiguous()
+    i = torch.searchsorted(cum.contiguous(), target).clamp(1, cum.shape[1] - 1)
+    c0, c1 = cum.gather(1, i - 1), cum.gather(1, i)
+    ta, tb = t_tab.gather(1, i - 1), t_tab.gather(1, i)
+    w = ((target - c0) / (c1 - c0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return ta + w * (tb - ta)
 
 
 def march_rays(

@@ -56,7 +56,7 @@ def render_samples(
         _, trans = packed_weights(activate_density(field.density_raw(feat), clamp),
                                   samples.starts, samples.ends, samples.ray_indices,
                                   samples.n_rays)
-        keep = trans >= early_stop_eps
+        keep = ~(trans < early_stop_eps)
         samples, feat = samples.keep(keep), feat[keep]
     out = field.decode(feat, samples.dirs)
     sigmas = activate_density(out.sigma_raw, clamp)
@@ -80,7 +80,7 @@ def visible_samples(
     raw = field.density_raw(field.features(samples.positions))
     _, trans = packed_weights(activate_density(raw, clamp), samples.starts, samples.ends,
                               samples.ray_indices, samples.n_rays)
-    return samples.keep(trans >= eps)
+    return samples.keep(~(trans < eps))  # NaN stays: the NaN guard must see it
 
 
 def render_rays(

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from pvdal.io.checkpoint import AtomicCheckpointIO
 
@@ -67,5 +68,11 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Tr
     callbacks = _instantiate_dict(cfg.get("callbacks")) + list(extra_callbacks or [])
     # max_time is the run's budget, paced by the module's clock (modules/clock.py): Lightning's
     # Timer would cut the schedule wherever it stands
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    tcfg = cfg.trainer.copy()
+    with open_dict(tcfg):  # not a Trainer argument: a process-wide torch setting
+        matmul = tcfg.pop("float32_matmul_precision", None)
+    if matmul and torch.cuda.is_available():  # CUDA only: on the CPU it could mean bf16
+        torch.set_float32_matmul_precision(str(matmul))
+        log.info("float32 matmul precision: %s (trainer.float32_matmul_precision)", matmul)
+    return instantiate(tcfg, callbacks=callbacks, logger=loggers or False,
                        plugins=[AtomicCheckpointIO()], max_time=None)
