@@ -283,6 +283,7 @@ def test_browser_shows_a_render(tmp_path, data_dir, tiny_teacher):
     v = view.run(view_cfg(tmp_path, data_dir, tiny_teacher, ["view.resolution=64"]))
     try:
         shot = _cdp_screenshot(v.url, tmp_path / "chromium", lambda: v.frames_rendered >= 2)
+        assert http_get(v.url)[0] == 200  # the browser is gone, the server is not
     finally:
         v.stop()
     iio.imwrite(tmp_path / "shot.png", shot)

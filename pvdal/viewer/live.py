@@ -60,7 +60,8 @@ class LiveViewer(pl.Callback):
         self.diff_gain = float(diff_gain)
         self.viewer = None
         self.teacher: ViewTarget | None = None
-        self._pending: tuple | None = None
+        self._next: tuple | None = None  # the latest snapshot, waiting for the render thread
+        self._busy = False
         self._event: threading.Event | None = None  # made on rank 0 (ddp_spawn pickles this)
         self._stopped = False
         self._warned = False
@@ -97,19 +98,28 @@ class LiveViewer(pl.Callback):
         self._thread.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.viewer is None or trainer.global_step % self.every or self._pending is not None:
+        if (self.viewer is None or trainer.global_step % self.every or self._busy
+                or self._next is not None):
             return
-        self._pending = (snapshot(pl_module, self.ndc), train_stats(trainer, pl_module))
+        self._hand_over(pl_module, trainer)
+
+    def _hand_over(self, pl_module, trainer) -> None:
+        self._next = (snapshot(pl_module, self.ndc), train_stats(trainer, pl_module))
         if self._event is not None:
             self._event.set()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The final weights, rendered once now (shown while the run tests and saves)."""
-        if self.viewer is not None:
-            try:
-                self.refresh(snapshot(pl_module, self.ndc), train_stats(trainer, pl_module))
-            except Exception as e:
-                log.warning("viewer: final refresh failed (%s: %s)", type(e).__name__, e)
+        """The final weights go to the render thread (shown while the run tests); with no
+        budget (``budget >= 1``) they are rendered here, before testing starts."""
+        if self.viewer is None:
+            return
+        if self.budget < 1:
+            self._hand_over(pl_module, trainer)
+            return
+        try:
+            self.refresh(snapshot(pl_module, self.ndc), train_stats(trainer, pl_module))
+        except Exception as e:
+            log.warning("viewer: final refresh failed (%s: %s)", type(e).__name__, e)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" and self.viewer is not None:  # after testing: the run is over
@@ -128,20 +138,24 @@ class LiveViewer(pl.Callback):
 
     # --- background thread --------------------------------------------------------------------
     def _loop(self) -> None:
-        assert self._event is not None
+        assert self._event is not None and self.viewer is not None
+        self.viewer.pacer.enter_thread()
         while not self._stopped:
-            if not self._event.wait(0.5) or self._pending is None:
+            if not self._event.wait(0.5):
                 continue
             self._event.clear()
-            student, stats = self._pending
+            item, self._next = self._next, None
+            if item is None:
+                continue
+            self._busy = True
             try:
-                self.refresh(student, stats)
+                self.refresh(*item)
             except Exception as e:  # never reaches training
                 if not self._warned:
                     log.warning("viewer: live refresh failed (%s: %s)", type(e).__name__, e)
                     self._warned = True
             finally:
-                self._pending = None
+                self._busy = False
 
     def _camera(self) -> tuple[np.ndarray, float, float]:
         """The first browser's camera (c2w, fov, aspect); else the first dataset camera."""

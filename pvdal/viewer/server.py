@@ -249,6 +249,7 @@ class _ClientView:
         self._event.set()
 
     def _loop(self) -> None:
+        self.viewer.pacer.enter_thread()
         while not self.closed:
             if not self._event.wait(0.5):
                 continue
