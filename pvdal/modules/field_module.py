@@ -11,6 +11,8 @@ from pvdal.modules.base import RadianceModule
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.renderer import render_rays
 
+EARLY_STOP_KEEP = 0.75  # early termination runs while it keeps fewer than this share of samples
+
 
 class FieldModule(RadianceModule):
     def __init__(self, arch, render, grid, scene, background, output_dir=None,
@@ -26,9 +28,18 @@ class FieldModule(RadianceModule):
         self.random_background = bool(self.render_cfg.get("random_background", True))
         self.field = instantiate(self.arch["field"], _convert_="all")
         self.grid = OccupancyGrid(**self.grid_cfg)
+        self._early_stop_pays = True
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.field_hooks()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["early_stop_pays"] = self._early_stop_pays  # a resumed run decides alike
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._early_stop_pays = bool(checkpoint.get("early_stop_pays", True))
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)
@@ -38,9 +49,12 @@ class FieldModule(RadianceModule):
             # space can then only match every background with zero density
             bg = torch.rand_like(target)
             target = target + (bg - self.background) * (1.0 - batch["alpha"][:, None])
+        eps, write_logs = float(self.render_cfg.get("early_stop_eps") or 0.0), self.log_step()
+        # the no-grad density pass costs ~1/3 of a training pass: it runs while it drops enough
+        # (measured on logging steps, which always run it)
         out = render_rays(self.field, batch["rays_o"], batch["rays_d"], self.scene, self.grid,
                           self.n_samples, bg, perturb=True,
-                          early_stop_eps=float(self.render_cfg.get("early_stop_eps") or 0.0))
+                          early_stop_eps=eps if (write_logs or self._early_stop_pays) else 0.0)
         mse = F.mse_loss(out.rgb, target)
         loss, terms = mse, {"rgb": mse}
         reg = self.field.regularizer(out.samples.positions)
@@ -49,8 +63,12 @@ class FieldModule(RadianceModule):
         checked = self.finite_or_none(loss, terms)
         if checked is not loss:  # skipped: None, or under DDP a zero loss with no update
             return checked
-        if self.log_step():
+        if write_logs:
             n = batch["rays_o"].shape[0]
+            if eps > 0.0 and out.n_marched:
+                kept = len(out.samples) / out.n_marched
+                self._early_stop_pays = kept < EARLY_STOP_KEEP
+                self.log("train/early_stop_kept", kept, batch_size=n)
             if reg is not None:
                 self.log("train/reg", reg.detach())
             self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)

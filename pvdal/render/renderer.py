@@ -26,6 +26,7 @@ class RenderOutput:
     features: Tensor  # [M, feature_dim] explicit features
     sigmas: Tensor  # [M] activated density
     trans: Tensor | None = None  # [M] transmittance in front of each sample
+    n_marched: int = 0  # samples the marcher kept, before early termination dropped any
 
 
 def composite_samples(
@@ -49,6 +50,7 @@ def render_samples(
     the colour work: with gradients through a no-grad density pass (``visible_samples``); without
     (rendering) from the same feature lookup, decoding only the visible samples."""
     clamp = density_clamp if density_clamp is not None else field.density_clamp
+    n_marched = len(samples)
     if early_stop_eps > 0.0 and torch.is_grad_enabled():
         samples = visible_samples(field, samples, early_stop_eps, clamp)
     feat = field.features(samples.positions)
@@ -62,7 +64,7 @@ def render_samples(
     sigmas = activate_density(out.sigma_raw, clamp)
     res, w, trans = composite_samples(samples, sigmas, out.rgb, background)
     return RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out, feat,
-                        sigmas, trans)
+                        sigmas, trans, n_marched)
 
 
 @torch.no_grad()
