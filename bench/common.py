@@ -52,7 +52,10 @@ def run_curve(task: str, overrides: list[str], out_dir: Path, budget: float,
     cb = WallClockEval(checkpoints(budget, n_points), max_images)
     t0 = time.perf_counter()
     result = (train.run if task == "train" else distill.run)(cfg, [cb])
-    return {"curve": cb.rows, "result": result, "wall_s": time.perf_counter() - t0}
+    settings = {"task": task, "overrides": list(overrides), "budget_s": budget,
+                "batch_size": int(cfg.data.batch_size), "max_steps": int(cfg.trainer.max_steps)}
+    return {"curve": cb.rows, "result": result, "wall_s": time.perf_counter() - t0,
+            "settings": settings}
 
 
 def time_to_reach(curve: list[dict], target: float) -> float | None:
@@ -74,7 +77,14 @@ def previous_rows(name: str, key: str) -> dict[str, dict]:
     return {r[key]: r for r in json.loads(path.read_text())} if path.exists() else {}
 
 
-def write_results(name: str, rows: list, table: str) -> None:
+def write_results(name: str, rows: list | dict, table: str) -> None:
+    """Write ``bench/results/<name>.json`` (+ ``.md``). Every row (or the one result) records
+    what made it (``provenance``: commit, command line, torch); rows merged from an earlier
+    file keep their own."""
+    prov = provenance()
+    for row in rows if isinstance(rows, list) else [rows]:
+        if isinstance(row, dict):
+            row.setdefault("provenance", prov)
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{name}.json", rows)
     (RESULTS / f"{name}.md").write_text(table + "\n")

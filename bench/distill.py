@@ -56,7 +56,8 @@ def main() -> None:
                 run = run_curve("train", [f"arch={t_arch}", *args.overrides],
                                 work / f"teacher_{t_arch}", args.teacher_budget, 2)
                 ck = work / f"teacher_{t_arch}" / "checkpoints" / "last.ckpt"
-                teachers[t_arch] = (str(ck), run["result"]["psnr"], args.teacher_budget)
+                teachers[t_arch] = (str(ck), run["result"]["psnr"],
+                                    run["result"]["train_time_s"])  # measured
         ckpt, t_psnr, t_time = teachers[t_arch]
         if args.reuse_scratch and "scratch_curve" in previous.get(pair, {}):
             scratch_curve = previous[pair]["scratch_curve"]  # the same train.py defaults
@@ -75,7 +76,8 @@ def main() -> None:
         s_psnr = next((r["psnr"] for r in reversed(student["curve"])
                        if r["time_s"] <= c_time + 1e-6), None)
         reach = time_to_reach(student["curve"], c_psnr)
-        rows.append({"pair": pair, "al": args.al, "teacher_psnr": t_psnr, "student_psnr": s_psnr,
+        rows.append({"pair": pair, "al": args.al, "settings": student["settings"],
+                     "teacher_psnr": t_psnr, "student_psnr": s_psnr,
                      "scratch_psnr": c_psnr, "scratch_time_s": c_time,
                      "student_time_to_scratch_psnr_s": reach,
                      "speedup": (c_time / reach) if reach else None,

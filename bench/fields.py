@@ -25,8 +25,6 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvdal-bench-fields-"))
-    batch = next((int(o.split("=")[1]) for o in args.overrides
-                  if o.startswith("data.batch_size=")), 1024)
     archs = args.archs.split(",")
     previous = previous_rows("fields", "arch") if args.merge else {}
     rows = [r for a, r in previous.items() if a not in archs]
@@ -34,7 +32,9 @@ def main() -> None:
         run = run_curve("train", [f"arch={arch}", *args.overrides], work / arch, args.budget,
                         args.points)
         res = run["result"]
-        row = {"arch": arch, "num_params": res["num_params"], "size_mb": res["size_mb"],
+        batch = run["settings"]["batch_size"]  # resolved from the config
+        row = {"arch": arch, "settings": run["settings"], "num_params": res["num_params"],
+               "size_mb": res["size_mb"],
                "train_rays_per_s": res["steps"] * batch / res["train_time_s"],
                "render_rays_per_s": res.get("render_rays_per_s"), "steps": res["steps"],
                "train_time_s": res["train_time_s"], "final_psnr": res.get("psnr"),

@@ -26,9 +26,9 @@ def main() -> None:
     run = run_curve("train", [f"arch={args.arch}", *args.overrides], out, args.budget,
                     args.points)
     res, curve = run["result"], run["curve"]
-    batch = next((int(o.split("=")[1]) for o in args.overrides
-                  if o.startswith("data.batch_size=")), 1024)
-    row = {"arch": args.arch, "budget_s": args.budget, "curve": curve, "steps": res["steps"],
+    batch = run["settings"]["batch_size"]  # resolved from the config, not the command line
+    row = {"arch": args.arch, "budget_s": args.budget, "settings": run["settings"],
+           "curve": curve, "steps": res["steps"],
            "train_rays_per_s": res["steps"] * batch / res["train_time_s"],
            "render_rays_per_s": res.get("render_rays_per_s"), "final_psnr": res.get("psnr"),
            "fps": res.get("fps"), "num_params": res.get("num_params"),
