@@ -3,7 +3,9 @@
 ``detect_format(path)`` looks at the first bytes and, for a torch (zip) file, at the names its
 pickle holds, without unpickling anything: a pvdal checkpoint holds a ``pvdal`` entry; a TensoRF
 ``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors. A zip without a
-pickle is a numpy ``.npz``: svox2's holds ``links``, ``density_data`` and ``sh_data`` arrays.
+pickle is a numpy ``.npz``: svox2's holds ``links``, ``density_data`` and ``sh_data`` arrays. A
+MessagePack map (gzip-wrapped or not) whose root holds ``snapshot`` and the network config is an
+instant-ngp snapshot.
 ``load_field`` (pvdal/io/checkpoint.py) calls it and hands a foreign file to its importer
 (``IMPORTERS``). A file that is none of ``FORMATS`` is one CheckpointError that names it and lists
 them.
@@ -27,11 +29,13 @@ FORMATS = {
     "pvdal-safetensors": "a pvdal safetensors export (export.py format=safetensors)",
     "tensorf": "a TensoRF VM-split checkpoint (.th: kwargs + state_dict [+ alpha mask])",
     "svox2": "an svox2 / Plenoxels grid (.npz: links, density_data, sh_data, radius, center)",
+    "ingp": "an instant-ngp snapshot (.msgpack, or .ingp = gzip-wrapped msgpack)",
 }
 IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
     "pvdal-safetensors": "pvdal.io.export:load_safetensors",
     "tensorf": "pvdal.io.importers.tensorf:import_tensorf",
     "svox2": "pvdal.io.importers.svox2:import_svox2",
+    "ingp": "pvdal.io.importers.ingp:import_ingp",
 }
 SVOX2_ARRAYS = {"links", "density_data", "sh_data"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
@@ -89,6 +93,32 @@ def _torch_format(path: Path, zf: zipfile.ZipFile) -> str:
     raise unreadable(path, "is a torch file holding none of the formats pvdal reads")
 
 
+def _msgpack_map(head: bytes) -> bool:
+    """A MessagePack map header (fixmap, map16, map32) that is not a pickle's PROTO opcode."""
+    b = head[0]
+    if b == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return False
+    return 0x81 <= b <= 0x8F or b in (0xDE, 0xDF)
+
+
+def _msgpack_format(path: Path, gz: bool) -> str:
+    what = "a gzip file" if gz else "a MessagePack file"
+    from pvdal.io.importers.ingp import root_keys
+
+    try:
+        keys = root_keys(path)
+    except Exception as e:  # truncated gzip / msgpack
+        raise unreadable(path, f"cannot be read as a checkpoint ({type(e).__name__}: {what} "
+                         "that ends early): the file is truncated or damaged") from e
+    if keys is None:
+        raise unreadable(path, f"is {what} but not an instant-ngp snapshot (no MessagePack map "
+                         "inside)")
+    if "snapshot" in keys and keys & {"encoding", "network"}:
+        return "ingp"
+    raise unreadable(path, f"is {what} holding a MessagePack map but not an instant-ngp "
+                     f"snapshot (keys {sorted(keys)[:6]}, no 'snapshot' + network config)")
+
+
 def detect_format(path: str | Path, key: str = "ckpt") -> str:
     """The format name (a ``FORMATS`` key) of the file at ``path``, from its content."""
     p = Path(str(path)).expanduser()
@@ -112,7 +142,10 @@ def detect_format(path: str | Path, key: str = "ckpt") -> str:
             return "pvdal-safetensors"
         raise unreadable(p, "cannot be read as a checkpoint: a safetensors header longer than "
                          "the file (truncated?)")
-    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), "unknown content")
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if head[:2] == b"\x1f\x8b" or (kind is None and _msgpack_map(head)):
+        return _msgpack_format(p, gz=head[:2] == b"\x1f\x8b")
+    kind = kind or "unknown content"
     raise unreadable(p, f"is not a file pvdal can read ({kind})")
 
 
