@@ -2,7 +2,8 @@
 
 ``detect_format(path)`` looks at the first bytes and, for a torch (zip) file, at the names its
 pickle holds, without unpickling anything: a pvdal checkpoint holds a ``pvdal`` entry; a TensoRF
-``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors. A zip without a
+``.th`` holds ``kwargs`` and ``state_dict`` with ``density_plane.*`` tensors; a torch-ngp ``.pth``
+a ``model`` with ``encoder.embeddings`` and ``sigma_net.*``. A zip without a
 pickle is a numpy ``.npz``: svox2's holds ``links``, ``density_data`` and ``sh_data`` arrays. A
 MessagePack map (gzip-wrapped or not) whose root holds ``snapshot`` and the network config is an
 instant-ngp snapshot.
@@ -30,12 +31,15 @@ FORMATS = {
     "tensorf": "a TensoRF VM-split checkpoint (.th: kwargs + state_dict [+ alpha mask])",
     "svox2": "an svox2 / Plenoxels grid (.npz: links, density_data, sh_data, radius, center)",
     "ingp": "an instant-ngp snapshot (.msgpack, or .ingp = gzip-wrapped msgpack)",
+    "torch-ngp": "a torch-ngp checkpoint (.pth: model with encoder.embeddings, sigma_net, "
+                 "color_net)",
 }
 IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
     "pvdal-safetensors": "pvdal.io.export:load_safetensors",
     "tensorf": "pvdal.io.importers.tensorf:import_tensorf",
     "svox2": "pvdal.io.importers.svox2:import_svox2",
     "ingp": "pvdal.io.importers.ingp:import_ingp",
+    "torch-ngp": "pvdal.io.importers.torch_ngp:import_torch_ngp",
 }
 SVOX2_ARRAYS = {"links", "density_data", "sh_data"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
@@ -87,6 +91,13 @@ def _torch_format(path: Path, zf: zipfile.ZipFile) -> str:
             raise CheckpointError(str(path), "is a TensoRF CP-decomposition checkpoint "
                                   "(TensorCP: density_line without density_plane)",
                                   "pvdal imports TensoRF's VM split (TensorVMSplit) only")
+    if "model" in strings and "encoder.embeddings" in strings and any(
+            s.startswith("sigma_net.") for s in strings):
+        return "torch-ngp"
+    if "model" in strings and "encoder.params" in strings and "sigma_net.params" in strings:
+        raise CheckpointError(str(path), "is a torch-ngp checkpoint of its tcnn variant "
+                              "(network_tcnn.py: flat encoder.params / sigma_net.params)",
+                              "pvdal imports torch-ngp's default network (network.py)")
     if "state_dict" in strings:
         raise unreadable(path, "is a torch checkpoint but not a pvdal checkpoint (no 'pvdal' "
                          "metadata) nor any format pvdal imports")
