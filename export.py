@@ -1,4 +1,4 @@
-"""Export a field: ``python export.py ckpt=PATH format=mesh|safetensors [resolution=128]``."""
+"""Export a field: ``python export.py ckpt=PATH format=mesh|safetensors|tensorf|svox2|ingp``."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,5 +1,7 @@
-"""``export.py``: a checkpoint's field as a PLY mesh (marching cubes of its density) or as
-safetensors + a JSON architecture header (reload: ``pvdal.io.export.load_safetensors``)."""
+"""``export.py``: a checkpoint's field as a PLY mesh (marching cubes of its density), as
+safetensors + a JSON architecture header (reload: ``pvdal.io.export.load_safetensors``), or in
+another tool's own format (``tensorf|svox2|ingp``: pvdal/io/native_export.py, exact for fields
+computed under that tool's conventions, refused otherwise)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pvdal.io.export import (
     vertex_colors,
     write_ply,
 )
+from pvdal.io.native_export import NATIVE, SUFFIX, check_native, export_native
 from pvdal.tasks.common import check_ranges, output_dir
 from pvdal.tasks.evaluate import load_checkpoint, pick_device
 from pvdal.utils.errors import ConfigError
@@ -52,15 +55,21 @@ def export_mesh(cfg: DictConfig, lf: LoadedField, device: torch.device, path: Pa
 def run(cfg: DictConfig) -> dict:
     check_ranges(cfg, EXPORT_RANGES)
     fmt = str(cfg.get("format"))
-    if fmt not in ("mesh", "safetensors"):
+    if fmt not in ("mesh", "safetensors", *NATIVE):
         raise ConfigError("format", f"unknown export format {fmt!r}",
-                          "pass format=mesh or format=safetensors")
+                          "pass format=mesh|safetensors|tensorf|svox2|ingp")
     device = pick_device(cfg)
     lf = load_checkpoint(cfg, device)
     out = output_dir(cfg)
     if fmt == "mesh":
         path = Path(cfg.output) if cfg.get("output") else out / "mesh.ply"
         return export_mesh(cfg, lf, device, path)
+    if fmt in NATIVE:
+        check_native(lf, fmt)
+        path = Path(cfg.output) if cfg.get("output") else out / f"field{SUFFIX[fmt]}"
+        res = export_native(lf, fmt, path)
+        log.info("wrote %s (%s format, %d bytes)", path, fmt, res["bytes"])
+        return res
     path = Path(cfg.output) if cfg.get("output") else out / "field.safetensors"
     st, side = save_safetensors(lf, path)
     log.info("wrote %s and %s", st, side)
