@@ -50,6 +50,8 @@ class TorchNgpGridEncoder(nn.Module):
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.int32))
         self.register_buffer("scales", scales, persistent=False)
         self.embeddings = nn.Parameter(torch.zeros(int(offsets[-1]), self.n_features))
+        corners = [[(i >> d) & 1 for d in range(3)] for i in range(8)]
+        self.register_buffer("corners", torch.tensor(corners), persistent=False)
 
     def forward(self, u: Tensor) -> Tensor:
         """u: [M, 3] in [0, 1] -> [M, L * C]."""
@@ -64,20 +66,17 @@ class TorchNgpGridEncoder(nn.Module):
             grid = pos.floor()
             frac = pos - grid
             grid = grid.long()
-            acc = u.new_zeros(M, self.n_features)
             dense = (res + 1) ** 3 <= size
-            for idx in range(8):
-                bits = [(idx >> d) & 1 for d in range(3)]
-                c = grid + torch.tensor(bits, device=u.device)
-                if dense:
-                    index = c[:, 0] + c[:, 1] * (res + 1) + c[:, 2] * (res + 1) ** 2
-                else:
-                    index = (c[:, 0] * PRIMES[0]) ^ ((c[:, 1] * PRIMES[1]) & 0xFFFFFFFF) ^ (
-                        (c[:, 2] * PRIMES[2]) & 0xFFFFFFFF)
-                w = torch.ones(M, device=u.device, dtype=u.dtype)
-                for d in range(3):
-                    w = w * (frac[:, d] if bits[d] else 1 - frac[:, d])
-                acc = acc + w[:, None] * self.embeddings[off + index % size]
+            c = grid[:, None, :] + self.corners  # [M, 8, 3]
+            if dense:
+                index = c[..., 0] + c[..., 1] * (res + 1) + c[..., 2] * (res + 1) ** 2
+            else:
+                index = (c[..., 0] * PRIMES[0]) ^ ((c[..., 1] * PRIMES[1]) & 0xFFFFFFFF) ^ (
+                    (c[..., 2] * PRIMES[2]) & 0xFFFFFFFF)
+            w = torch.where(self.corners.bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)
+            rows = (off + index % size).reshape(-1)
+            vals = self.embeddings.index_select(0, rows).view(M, 8, self.n_features)
+            acc = (vals * w[..., None]).sum(dim=1)
             outs.append(acc)
         return torch.cat(outs, dim=-1)
 
