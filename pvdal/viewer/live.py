@@ -53,7 +53,7 @@ def train_stats(trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, fl
 
 class LiveViewer(pl.Callback):
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, every_n_steps: int = 50,
-                 resolution: int = 160, budget: float = 0.1, chunk: int = 4096,
+                 resolution: int = 160, budget: float = 0.05, chunk: int = 4096,
                  diff_gain: float = 4.0) -> None:
         self.host, self.port, self.every = host, int(port), max(1, int(every_n_steps))
         self.resolution, self.budget, self.chunk = int(resolution), float(budget), int(chunk)
@@ -63,6 +63,8 @@ class LiveViewer(pl.Callback):
         self._next: tuple | None = None  # the latest snapshot, waiting for the render thread
         self._busy = False
         self._event: threading.Event | None = None  # made on rank 0 (ddp_spawn pickles this)
+        self._thread: threading.Thread | None = None
+        self._teacher_tile: dict = {}  # camera -> the teacher's render (it does not change)
         self._stopped = False
         self._warned = False
         self.refreshes = 0
@@ -129,17 +131,21 @@ class LiveViewer(pl.Callback):
         self.stop()
 
     def stop(self) -> None:
+        """End the render thread (joined, so none is inside torch when the process exits),
+        then the page."""
         self._stopped = True
         if self._event is not None:
             self._event.set()
         if self.viewer is not None:
+            self.viewer.pacer.close()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(30.0)
             self.viewer.stop()
             self.viewer = None
 
     # --- background thread --------------------------------------------------------------------
     def _loop(self) -> None:
         assert self._event is not None and self.viewer is not None
-        self.viewer.pacer.enter_thread()
         while not self._stopped:
             if not self._event.wait(0.5):
                 continue
@@ -185,10 +191,14 @@ class LiveViewer(pl.Callback):
             return
         tiles = [to_uint8(s["rgb"])]
         if self.teacher is not None:
-            t = render_camera(self.teacher.with_(background=bg), c2w, K, h, w, self.chunk,
-                              lambda: self._stopped, v.pacer)
-            if t is None:
-                return
+            key = (np.asarray(c2w).tobytes(), K.tobytes(), h, w, tuple(bg.tolist()))
+            t = self._teacher_tile.get(key)
+            if t is None:  # the teacher is frozen: render it once per camera
+                t = render_camera(self.teacher.with_(background=bg), c2w, K, h, w, self.chunk,
+                                  lambda: self._stopped, v.pacer)
+                if t is None:
+                    return
+                self._teacher_tile = {key: t}
             tiles = [to_uint8(t["rgb"]), tiles[0], abs_diff(s["rgb"], t["rgb"], self.diff_gain)]
             stats = {**stats, "student vs teacher PSNR (this view)": psnr(s["rgb"], t["rgb"])}
         sep = np.full((h, 2, 3), 128, np.uint8)
@@ -209,5 +219,5 @@ def live_callbacks(cfg) -> list[pl.Callback]:
     v = cfg.get("viewer") or {}
     return [LiveViewer(str(v.get("host", "127.0.0.1")), int(v.get("port", 8080)),
                        int(v.get("every_n_steps", 50)), int(v.get("resolution", 160)),
-                       float(v.get("budget", 0.1)),
+                       float(v.get("budget", 0.05)),
                        int(cfg.get("render", {}).get("chunk", 4096)))]

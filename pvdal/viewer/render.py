@@ -4,7 +4,6 @@ abandoned as soon as the camera moves, and turned into the picture the page show
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,22 +53,18 @@ class ViewTarget:
 class Pacer:
     """Keeps render work within ``budget`` (a fraction of wall time) across threads: blocks run
     one at a time under a lock, each followed by a pause of (1/budget - 1) x its duration
-    (budget >= 1: no pause). Training's share of the CPU is what is left; with a budget the
-    render threads also run at the lowest CPU priority (``enter_thread``), so on a busy machine
-    the viewer waits, not training."""
+    (budget >= 1: no pause). Training keeps the rest. (The render threads keep their normal
+    CPU priority: a niced thread that holds the GIL while starved would stall training.)"""
 
     def __init__(self, budget: float = 1.0) -> None:
         self.budget = float(budget)
         self._lock = threading.Lock()
+        self._closed = threading.Event()  # set: no more pauses (the viewer is stopping)
         self.busy_s = 0.0  # render time spent so far
 
-    def enter_thread(self) -> None:
-        """Called by each render thread: nice 19 for this thread when budgeted (Linux)."""
-        if self.budget < 1:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            except (AttributeError, OSError):  # not Linux: pacing alone
-                pass
+    def close(self) -> None:
+        self._closed.set()
+
 
     def __call__(self, fn: Callable[[], dict]) -> dict:
         with self._lock:
@@ -78,7 +73,7 @@ class Pacer:
             dt = time.perf_counter() - t0
             self.busy_s += dt
             if 0 < self.budget < 1:
-                time.sleep(dt * (1.0 / self.budget - 1.0))
+                self._closed.wait(dt * (1.0 / self.budget - 1.0))
         return out
 
 

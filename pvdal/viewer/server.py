@@ -223,8 +223,13 @@ class Viewer:
         self.g_status.content = f"{w}x{h} in {1000 * dt:.0f} ms ({self.last_fps:.1f} frames/s)"
 
     def stop(self) -> None:
-        for v in list(self._views.values()):
+        """Stop rendering (threads joined: none is left inside torch at exit), then serving."""
+        self.pacer.close()
+        views = list(self._views.values())
+        for v in views:
             v.close()
+        for v in views:
+            v.join()
         self.server.stop()
 
 
@@ -248,8 +253,11 @@ class _ClientView:
         self.closed = True
         self._event.set()
 
+    def join(self, timeout: float = 30.0) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
     def _loop(self) -> None:
-        self.viewer.pacer.enter_thread()
         while not self.closed:
             if not self._event.wait(0.5):
                 continue
