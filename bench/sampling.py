@@ -1,6 +1,7 @@
 """Sampling efficiency: steps/s, samples per ray and test PSNR at equal wall-clock, before/after.
 
-    python -m bench.sampling [--budget 120] [--archs ngp mlp plenoxels tensorf] [--base REV]
+    python -m bench.sampling [--budget 120 | --steps N] [--archs ngp mlp plenoxels tensorf]
+                             [--base REV]
                              [--unbounded-size 64] [OVERRIDE ...]
 
 Each row trains one architecture with ``train.py`` for ``--budget`` seconds (``trainer.max_time``;
@@ -8,9 +9,11 @@ the schedule is paced to fit) on the default scene and, for ngp, on an unbounded
 ``transforms.json`` capture written by ``bench/unbounded_scene.py``. With ``--base REV`` the same
 runs are repeated in a git worktree of REV (the "before"), interleaved with the current tree so
 both see the same machine load. Writes bench/results/sampling.json: one row per (scene, arch,
-code) with ``steps_per_s``, ``samples_per_ray`` (mean of the logged values over the second half of
-the run), ``psnr`` (test split), ``render_rays_per_s``, ``steps``, plus ``provenance`` (commit,
-command line) and the settings.
+code) with ``steps_per_s``, ``cpu_s_per_step`` (the run's CPU seconds, setup and test included,
+per step, on one thread: comparable when the machine is busy, where steps/s is not),
+``samples_per_ray`` (mean of the logged values over the second half of the run), ``psnr``
+(test split), ``render_rays_per_s``, ``steps``, plus ``provenance`` (commit, command line) and
+the settings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,18 +42,25 @@ def _samples_per_ray(run: Path) -> float | None:
     return sum(half) / len(half) if half else None
 
 
-def train_run(tree: Path, out: Path, overrides: list[str], budget: float) -> dict:
-    """One ``train.py`` run in ``tree``; the metrics it wrote."""
+def train_run(tree: Path, out: Path, overrides: list[str], budget: float,
+              steps: int | None = None) -> dict:
+    """One ``train.py`` run in ``tree`` (``budget`` seconds, or exactly ``steps`` steps);
+    the metrics it wrote and the CPU time it took."""
     secs = int(budget)
-    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}",
-           f"trainer.max_time=00:00:{secs // 60:02d}:{secs % 60:02d}",
+    limit = ([f"trainer.max_steps={steps}", "trainer.max_time=null"] if steps else
+             [f"trainer.max_time=00:00:{secs // 60:02d}:{secs % 60:02d}"])
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={out}", *limit,
            "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false", *overrides]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     m = json.loads((out / "metrics.json").read_text())
     return {"steps": m["steps"], "steps_per_s": m["steps"] / m["train_time_s"],
+            "cpu_s_per_step": cpu / m["steps"] if m["steps"] else None, "cpu_s": cpu,
             "samples_per_ray": _samples_per_ray(out), "psnr": m.get("psnr"),
             "render_rays_per_s": m.get("render_rays_per_s"), "train_time_s": m["train_time_s"]}
 
@@ -58,6 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=120.0, help="training seconds per run")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train exactly this many steps instead (a busy machine)")
     ap.add_argument("--archs", nargs="+", default=["ngp", "mlp", "plenoxels", "tensorf"])
     ap.add_argument("--base", default=None, help="git revision to compare against")
     ap.add_argument("--unbounded-size", type=int, default=64)
@@ -79,7 +92,7 @@ def main() -> None:
             for code, tree in trees.items():
                 out = tmp / f"{scene_name}-{arch}-{code}"
                 res = train_run(tree, out, [f"arch={arch}", *extra, *args.overrides],
-                                args.budget)
+                                args.budget, args.steps)
                 rows.append({"scene": scene_name, "arch": arch, "code": code, **res})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -87,10 +100,12 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees["base"])],
                            cwd=ROOT, capture_output=True)
     result = {"provenance": provenance(), "base": args.base, "budget_s": args.budget,
+              "steps": args.steps, "load_avg_at_end": os.getloadavg(),
               "overrides": args.overrides, "unbounded_scene": {
                   "writer": "bench/unbounded_scene.py", "size": args.unbounded_size,
                   "n_views": 54, "aabb_scale": 16}, "rows": rows}
-    table = md_table(rows, ["scene", "arch", "code", "steps", "steps_per_s", "samples_per_ray",
+    table = md_table(rows, ["scene", "arch", "code", "steps", "steps_per_s", "cpu_s_per_step",
+                            "samples_per_ray",
                             "psnr", "render_rays_per_s"])
     write_results("sampling", result, table)
 

@@ -13,6 +13,7 @@ from pvdal.render.rays import ray_aabb_intersect
 from pvdal.render.renderer import render_rays, render_samples, visible_samples
 from pvdal.render.scene import SceneSpec
 from pvdal.render.volrend import composite, composite_packed, packed_weights, render_weights
+from tests.conftest import ROOT
 
 
 class Wall(RadianceField):
@@ -191,3 +192,23 @@ def test_unbounded_steps_grow_with_distance_and_never_skip_a_cell():
     assert inner.any() and outer.any()
     assert (dt[:, -1] > 20 * dt[:, :1]).all()  # the world step near ``far`` is much longer
     assert (dt > 0).all()
+
+
+def test_rays_per_batch_follow_a_target_number_of_samples(tiny_cfg):
+    """render.target_samples: on logging steps the batch is rescaled to that many samples."""
+    import csv
+
+    from pvdal.tasks import train
+
+    cfg = tiny_cfg("train", ["render.target_samples=3000", "trainer.log_every_n_steps=2"])
+    train.run(cfg)
+    rows = []
+    for f in (ROOT / cfg.paths.output_dir).glob("csv/**/metrics.csv"):
+        with f.open() as fh:
+            rows += [r for r in csv.DictReader(fh) if r.get("train/rays_per_batch")]
+    assert rows
+    for r in rows:  # each logged batch size = target / that step's samples per ray
+        want = 3000 / float(r["train/samples_per_ray"])
+        got = float(r["train/rays_per_batch"])
+        assert abs(got - min(max(want, 1), 16 * 128)) <= 1.0, r
+    assert {float(r["train/rays_per_batch"]) for r in rows} != {128.0}

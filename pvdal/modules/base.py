@@ -362,6 +362,9 @@ class RadianceModule(pl.LightningModule):
                                          prefix, gprefix)
         checkpoint[KEY]["data"] = self.data_cfg
         checkpoint["rng"] = torch.get_rng_state()
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self.render_cfg.get("target_samples") and dm is not None and dm.data is not None:
+            checkpoint["ray_batch_size"] = dm.train_rays().batch_size
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(KEY, {})
@@ -372,6 +375,7 @@ class RadianceModule(pl.LightningModule):
                                                  step, step], dtype=torch.float64)
         self.field.prepare_load(meta.get("field_extra", {}))
         self._resume_rng = checkpoint.get("rng")  # applied when training starts
+        self._resume_batch = checkpoint.get("ray_batch_size")
 
     def on_train_end(self) -> None:
         self._report_deferred()
@@ -379,8 +383,30 @@ class RadianceModule(pl.LightningModule):
         if msg and self.trainer.is_global_zero:
             log.info(msg)
 
+    def adapt_batch(self, n_samples: int, n_rays: int) -> None:
+        """``render.target_samples``: the rays per batch follow a target number of samples per
+        step (nerfacc's examples do this), rescaled on logging steps from that step's samples
+        per ray (summed over ranks, so every rank takes the same global batch); at most 16x
+        the configured ``data.batch_size``. Off (null) on the CPU presets."""
+        target = self.render_cfg.get("target_samples")
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if not target or dm is None or not hasattr(dm, "train_rays"):
+            return
+        world = self.trainer.world_size
+        counts = torch.tensor([float(n_samples), float(n_rays)], device=self.device)
+        if world > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        per_ray = max(float(counts[0]) / max(float(counts[1]), 1.0), 1e-3)
+        new = int(min(max(int(target) / per_ray, world), 16 * int(dm.batch_size)))
+        dm.train_rays().batch_size = new
+        self.log("train/rays_per_batch", float(new), batch_size=1)
+
     def on_train_start(self) -> None:
         self.clock.start()
+        size = getattr(self, "_resume_batch", None)
+        dm = getattr(self.trainer, "datamodule", None)
+        if size is not None and dm is not None and hasattr(dm, "train_rays"):
+            dm.train_rays().batch_size = int(size)  # an adapted batch continues as it was
         rng = getattr(self, "_resume_rng", None)
         if rng is not None:  # exact resume: jitter and occupancy sampling continue alike
             torch.set_rng_state(rng)

@@ -180,6 +180,8 @@ class DistillModule(RadianceModule):
                 self.log(f"distill/loss_{k}", v.detach(), batch_size=n)
             self.log("distill/stage", float(stage), batch_size=n)
             self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+            self.log("train/samples_per_ray", len(samples) / n, batch_size=n)
+            self.adapt_batch(len(samples), n)
             if point_mask is not None:
                 self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
         if s_rgb is not None:

@@ -74,6 +74,7 @@ class FieldModule(RadianceModule):
             self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
             self.log("train/psnr", -10 * torch.log10(mse.detach()), prog_bar=True, batch_size=n)
             self.log("train/samples_per_ray", out.samples.positions.shape[0] / n, batch_size=n)
+            self.adapt_batch(len(out.samples), n)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -71,6 +71,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list | None = None) -> pl.Tr
     tcfg = cfg.trainer.copy()
     with open_dict(tcfg):  # not a Trainer argument: a process-wide torch setting
         matmul = tcfg.pop("float32_matmul_precision", None)
+        tcfg.pop("target_samples", None)  # read through render.target_samples
     if matmul and torch.cuda.is_available():  # CUDA only: on the CPU it could mean bf16
         torch.set_float32_matmul_precision(str(matmul))
         log.info("float32 matmul precision: %s (trainer.float32_matmul_precision)", matmul)
