@@ -33,6 +33,8 @@ FORMATS = {
     "ingp": "an instant-ngp snapshot (.msgpack, or .ingp = gzip-wrapped msgpack)",
     "torch-ngp": "a torch-ngp checkpoint (.pth: model with encoder.embeddings, sigma_net, "
                  "color_net)",
+    "nerfstudio": "a nerfstudio nerfacto run (its folder, config.yml or nerfstudio_models/"
+                  "step-*.ckpt)",
 }
 IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
     "pvdal-safetensors": "pvdal.io.export:load_safetensors",
@@ -40,12 +42,12 @@ IMPORTERS = {  # format -> "module:function" taking (path, key), returning a Loa
     "svox2": "pvdal.io.importers.svox2:import_svox2",
     "ingp": "pvdal.io.importers.ingp:import_ingp",
     "torch-ngp": "pvdal.io.importers.torch_ngp:import_torch_ngp",
+    "nerfstudio": "pvdal.io.importers.nerfstudio:import_nerfstudio",
 }
 SVOX2_ARRAYS = {"links", "density_data", "sh_data"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
             "BINSTRING", "STRING"}
 _MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-          (b"\x1f\x8b", "a gzip file (an instant-ngp .ingp snapshot?)"),
           (b"\x93NUMPY", "a numpy .npy array"), (b"\x80", "a bare pickle (legacy torch format)"),
           (b"{", "a JSON / text file"), (b"#", "a text file"))
 
@@ -84,6 +86,8 @@ def _torch_format(path: Path, zf: zipfile.ZipFile) -> str:
                          "is truncated or damaged") from e
     if "pvdal" in strings:
         return "pvdal"
+    if "pipeline" in strings and any(s.startswith("_model.") for s in strings):
+        return "nerfstudio"
     if {"kwargs", "state_dict"} <= strings:
         if any(s.startswith("density_plane.") for s in strings):
             return "tensorf"
@@ -133,6 +137,12 @@ def _msgpack_format(path: Path, gz: bool) -> str:
 def detect_format(path: str | Path, key: str = "ckpt") -> str:
     """The format name (a ``FORMATS`` key) of the file at ``path``, from its content."""
     p = Path(str(path)).expanduser()
+    from pvdal.io.importers.nerfstudio import is_run  # a run folder or its config.yml
+
+    if is_run(p):
+        return "nerfstudio"
+    if p.is_dir():
+        raise unreadable(p, "is a folder but not a nerfstudio run (no config.yml of ns-train)")
     if not p.is_file():
         raise CheckpointError(str(p), "checkpoint file not found", f"check {key}=PATH")
     with open(p, "rb") as f:
