@@ -19,12 +19,12 @@ from pvdal.io.native_export import check_native
 from pvdal.io.safe_load import safe_torch_load
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.scene import SceneSpec
-from pvdal.tasks import export
+from pvdal.tasks import distill, export
 from pvdal.utils.errors import ConfigError
 from tests import test_import_ingp as ingp_t
 from tests import test_import_svox2 as svox2_t
 from tests import test_import_torch_ngp as tngp_t
-from tests.conftest import compose_cfg
+from tests.conftest import TINY_DATA, TINY_RUN, compose_cfg
 
 TH = Path(__file__).parent / "data" / "tensorf_synthetic" / "tensorf.th"
 
@@ -100,7 +100,8 @@ def test_ingp_round_trip(suffix, tmp_path, data_dir):
 def test_other_fields_are_refused_with_the_reason(tmp_path, data_dir):
     src = tngp_t.write(tmp_path / "ngp.pth")
     with pytest.raises(ConfigError, match=r"format=ingp writes ingp's own field exactly, but .*"
-                       r"holds an imported torch-ngp field.*student\.native"):
+                       r"holds an imported torch-ngp field.*hint: distil a student under ingp's "
+                       r"conventions \(distill\.py \.\.\. student=ingp\)"):
         run_export(src, "ingp", tmp_path / "run", data_dir)
     f = NGPField(n_levels=2, log2_hashmap_size=8, base_resolution=4, max_resolution=8)
     lf = LoadedField(f, OccupancyGrid(4), SceneSpec(), torch.ones(3), 8, {"name": "ngp"}, {},
@@ -111,3 +112,61 @@ def test_other_fields_are_refused_with_the_reason(tmp_path, data_dir):
             check_native(lf, fmt)
     with pytest.raises(ConfigError, match=r"unknown export format 'nerfacto'"):
         run_export(src, "nerfacto", tmp_path / "run2", data_dir)
+
+
+def distil(teacher: Path, student: str, out: Path, data_dir: Path) -> Path:
+    cfg = compose_cfg("distill", out, data_dir,
+                      [f"student={student}", *TINY_DATA, *TINY_RUN, "preset=tiny",
+                       f"teacher.ckpt={teacher}", "trainer.max_steps=3"])
+    res = distill.run(cfg)
+    assert res["steps"] == 3
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_svox2_student_exports_exactly(tmp_path, data_dir):
+    """student=svox2 distils svox2's own field; format=svox2 writes its arrays (sh_data as f16,
+    as svox2 saves it) and the file re-imports to the student's values."""
+    teacher = tmp_path / "t.npz"
+    np.savez(teacher, **svox2_t.grid_arrays())
+    ckpt = distil(teacher, "svox2", tmp_path / "d", data_dir)
+    st = load_field(ckpt)
+    f = st.field
+    assert type(f).__name__ == "Svox2NativeField" and f.reso == [8, 8, 8]
+    assert not torch.equal(f.density_data, torch.ones_like(f.density_data))  # it trained
+    out = Path(run_export(ckpt, "svox2", tmp_path / "e", data_dir)["svox2"])
+    with np.load(out, allow_pickle=False) as z:
+        assert np.array_equal(z["links"], f.links.numpy())
+        assert np.array_equal(z["density_data"], f.density_data.detach().numpy())
+        assert np.array_equal(z["sh_data"], f.sh_data.detach().numpy().astype(np.float16))
+        assert z["sh_data"].dtype == np.float16 and int(z["basis_type"]) == 1
+    back = load_field(out).field
+    with torch.no_grad():
+        f.sh_data.copy_(f.sh_data.half().float())  # what svox2's own save keeps
+    x = torch.rand(3000, 3) * 2 - 1
+    d = torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
+    for k, v in f.svox2_outputs(x, d).items():
+        assert torch.equal(v, back.svox2_outputs(x, d)[k]), k
+
+
+def test_ingp_student_exports_exactly(tmp_path, data_dir):
+    teacher = tmp_path / "t.ingp"
+    teacher.write_bytes(gzip.compress(msgpack.packb(ingp_t.snapshot(), use_bin_type=True)))
+    ckpt = distil(teacher, "ingp", tmp_path / "d", data_dir)
+    f = load_field(ckpt).field
+    assert type(f).__name__ == "IngpNativeField" and f.encoding.log2_T == 10
+    out = Path(run_export(ckpt, "ingp", tmp_path / "e", data_dir)["ingp"])
+    got = msgpack.unpackb(gzip.decompress(out.read_bytes()), raw=False)
+    flat = np.frombuffer(got["snapshot"]["params_binary"], np.float16)
+    weights = [m.weight for m in (*f.density_net, *f.rgb_net) if isinstance(m, torch.nn.Linear)]
+    want = torch.cat([w.detach().reshape(-1) for w in weights]
+                     + [f.encoding.params.detach().reshape(-1)]).numpy().astype(np.float16)
+    assert np.array_equal(flat, want)  # tcnn order, fp16 as instant-ngp's snapshot stores it
+    back = load_field(out).field
+    with torch.no_grad():
+        for p in f.parameters():
+            p.copy_(p.half().float())
+    assert torch.equal(back.bitfield, f.bitfield)
+    p = torch.rand(3000, 3)
+    d = torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
+    for k, v in f.ingp_outputs(p, d).items():
+        assert torch.equal(v, back.ingp_outputs(p, d)[k]), k

@@ -48,12 +48,16 @@ class Svox2NativeField(RadianceField):
         sigma_thresh: float = 1e-10,
         world_scale: float = 1.0,
         world_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        dense: bool = False,
+        init_density: float = 1.0,
         density_clamp: tuple[float, float] | None = None,
     ) -> None:
         """``reso`` = ``links.shape`` (each >= 2), ``n_rows`` = rows of ``density_data`` /
         ``sh_data``, ``basis_dim`` = SH coefficients per channel (1, 4, 9, 16 or 25);
         ``radius``/``center`` = svox2's grid box; ``world_scale``/``world_offset``: pvdal field
-        coordinates -> svox2 world."""
+        coordinates -> svox2 world. ``dense``: a student under svox2's conventions
+        (``student=svox2``): every voxel linked (``n_rows`` = Rx * Ry * Rz), density
+        ``init_density`` per world unit, grey colour (SH 0)."""
         super().__init__(density_clamp)
         degree = math.isqrt(int(basis_dim))
         if degree * degree != basis_dim or not 1 <= degree <= 5:
@@ -63,8 +67,12 @@ class Svox2NativeField(RadianceField):
         self.reso = [int(r) for r in reso]
         self.basis_dim, self.sh_degree = int(basis_dim), degree
         self.sigma_thresh, self.world_scale = float(sigma_thresh), float(world_scale)
-        self.register_buffer("links", torch.full(self.reso, -1, dtype=torch.int32))
-        self.density_data = nn.Parameter(torch.zeros(int(n_rows), 1))
+        n_rows = math.prod(self.reso) if dense else int(n_rows)
+        links = (torch.arange(n_rows, dtype=torch.int32).view(self.reso) if dense
+                 else torch.full(self.reso, -1, dtype=torch.int32))
+        self.register_buffer("links", links)
+        self.density_data = nn.Parameter(torch.full((n_rows, 1), float(init_density) if dense
+                                                    else 0.0))
         self.sh_data = nn.Parameter(torch.zeros(int(n_rows), 3 * self.basis_dim))
         self.register_buffer("radius", torch.tensor(radius, dtype=torch.float32).view(3))
         self.register_buffer("center", torch.tensor(center, dtype=torch.float32).view(3))
