@@ -170,3 +170,27 @@ def test_ingp_student_exports_exactly(tmp_path, data_dir):
     d = torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
     for k, v in f.ingp_outputs(p, d).items():
         assert torch.equal(v, back.ingp_outputs(p, d)[k]), k
+
+
+def test_tensorf_student_exports_exactly(tmp_path, data_dir):
+    """student=tensorf_native distils TensoRF's own field; format=tensorf writes TensoRF's kwargs
+    and state dict (float32: nothing rounded) and the file re-imports to the student's values."""
+    teacher = tmp_path / "t.npz"
+    np.savez(teacher, **svox2_t.grid_arrays())
+    ckpt = distil(teacher, "tensorf_native", tmp_path / "d", data_dir)
+    f = load_field(ckpt).field
+    assert type(f).__name__ == "TensoRFNativeField" and f.grid_size == [12, 12, 12]
+    out = Path(run_export(ckpt, "tensorf", tmp_path / "e", data_dir)["tensorf"])
+    got = safe_torch_load(out, "export")
+    real = torch.load(TH, weights_only=False)
+    assert set(got["kwargs"]) == set(real["kwargs"]) and "alphaMask.mask" not in got
+    assert set(got["state_dict"]) == set(real["state_dict"])
+    for k, v in f.state_dict().items():
+        if k in got["state_dict"]:
+            assert torch.equal(got["state_dict"][k], v), k
+    assert got["kwargs"]["gridSize"] == [12, 12, 12] and got["kwargs"]["near_far"] == [2.0, 6.0]
+    back = load_field(out).field
+    w = (torch.rand(3000, 3) * 2 - 1) * 1.5
+    d = torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
+    for k, v in f.tensorf_outputs(w, d).items():
+        assert torch.equal(v, back.tensorf_outputs(w, d)[k]), k

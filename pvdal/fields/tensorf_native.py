@@ -88,11 +88,14 @@ class TensoRFNativeField(RadianceField):
         alpha_mask_aabb: list[list[float]] | None = None,
         world_scale: float = 1.5,
         world_offset: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        init_std: float = 0.0,
         density_clamp: tuple[float, float] | None = None,
     ) -> None:
         """Arguments are TensoRF's ``kwargs`` (``gridSize`` = [X, Y, Z]); ``alpha_mask_shape``
         (Z, Y, X) and ``alpha_mask_aabb`` describe its alpha mask (None: no mask);
-        ``world_scale``/``world_offset``: pvdal field coordinates -> TensoRF world."""
+        ``world_scale``/``world_offset``: pvdal field coordinates -> TensoRF world;
+        ``init_std``: a student under TensoRF's conventions (``student=tensorf_native``) starts
+        its planes and lines at ``init_std * randn``, as TensoRF does (0.1); 0: zeros (import)."""
         super().__init__(density_clamp)
         if fea2dense_act not in ("softplus", "relu"):
             raise ValueError(f"fea2dense_act must be softplus|relu, got {fea2dense_act!r}")
@@ -105,6 +108,11 @@ class TensoRFNativeField(RadianceField):
         self.register_buffer("world_offset", torch.tensor(world_offset, dtype=torch.float32))
         self.density_plane, self.density_line = _planes(self.density_n_comp, self.grid_size)
         self.app_plane, self.app_line = _planes(self.app_n_comp, self.grid_size)
+        if init_std > 0:
+            with torch.no_grad():
+                for p in (*self.density_plane, *self.density_line, *self.app_plane,
+                          *self.app_line):
+                    p.normal_(0.0, float(init_std))
         self.basis_mat = nn.Linear(sum(self.app_n_comp), app_dim, bias=False)
         self.renderModule = MLPRenderFea(app_dim, view_pe, fea_pe, feature_c)
         self.has_alpha_mask = alpha_mask_shape is not None

@@ -2,7 +2,7 @@
 
 Exact only for a field computed under that tool's conventions — its activations, widths, frame
 and layout — i.e. pvdal's native fields (pvdal/fields/{tensorf,svox2,ingp}_native.py): those the
-importers build, and students distilled with ``student=svox2`` / ``student=ingp`` (conf/arch/).
+importers build, and students distilled with ``student=svox2|ingp|tensorf_native`` (conf/arch/).
 pvdal's own architectures (exp density, sigmoid colour, corner-valued grids, the normalised scene)
 have no exact counterpart in those files, so they are refused with that reason. svox2 and
 instant-ngp store half floats (``sh_data``, ``params_binary``): a trained student's values are
@@ -36,7 +36,7 @@ NATIVE = {"tensorf": "pvdal.fields.tensorf_native.TensoRFNativeField",
           "svox2": "pvdal.fields.svox2_native.Svox2NativeField",
           "ingp": "pvdal.fields.ingp_native.IngpNativeField"}
 SUFFIX = {"tensorf": ".th", "svox2": ".npz", "ingp": ".ingp"}
-STUDENTS = ("svox2", "ingp")  # conf/student/<fmt>.yaml: students computed as the tool computes
+STUDENTS = {"svox2": "svox2", "ingp": "ingp", "tensorf": "tensorf_native"}  # conf/student/
 TENSORF_DEFAULTS = {"alphaMask_thres": 0.0001, "rayMarch_weight_thres": 0.0001, "pos_pe": 6,
                     "near_far": [2.0, 6.0], "step_ratio": 0.5, "shadingMode": "MLP_Fea"}
 
@@ -50,10 +50,8 @@ def check_native(lf: LoadedField, fmt: str) -> None:
     native = lf.arch.get("native")
     what = (f"an imported {native} field" if native else
             f"pvdal's own {lf.arch.get('name')} architecture ({cls.__name__})")
-    how = (f"distil a student under {fmt}'s conventions (distill.py ... student={fmt}) and "
-           "export that" if fmt in STUDENTS else
-           f"export a field imported from a {fmt} file (or its safetensors export); pvdal has no "
-           f"{fmt} student yet")
+    how = (f"distil a student under {fmt}'s conventions (distill.py ... student={STUDENTS[fmt]})"
+           " and export that")
     raise ConfigError("format", f"format={fmt} writes {fmt}'s own field exactly, but {lf.path} "
                       f"holds {what}, computed under other conventions (activation, widths, "
                       f"frame), which {fmt} cannot load without a refit", how)
