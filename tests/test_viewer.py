@@ -236,8 +236,15 @@ def test_distill_with_live_viewer(distill_cfg):
 
 
 # --- a real browser --------------------------------------------------------------------------
-def _cdp_screenshot(url: str, profile: Path, until, timeout: float = 40.0) -> np.ndarray:
-    """Open ``url`` in headless Chromium, wait for ``until()``, return a screenshot."""
+def _view_area(shot: np.ndarray) -> np.ndarray:
+    """Below the "software WebGL" notice, right of the axes gizmo, left of the panel."""
+    h, w = shot.shape[:2]
+    return shot[int(0.45 * h): int(0.85 * h), int(0.12 * w): int(0.45 * w), :3].astype(float)
+
+
+def _cdp_screenshot(url: str, profile: Path, until, done, timeout: float = 60.0) -> np.ndarray:
+    """Open ``url`` in headless Chromium, wait for ``until()``, then take screenshots until
+    ``done(shot)`` (the browser draws what it got) or ``timeout``; return the last one."""
     from websockets.sync.client import connect
 
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -259,15 +266,19 @@ def _cdp_screenshot(url: str, profile: Path, until, timeout: float = 40.0) -> np
         while not until():
             assert time.time() - t0 < timeout, "no frame reached the page"
             time.sleep(0.2)
-        time.sleep(1.0)  # let the browser draw the frame it got
         with connect(pages[0]["webSocketDebuggerUrl"], max_size=2**26) as ws:
-            ws.send(json.dumps({"id": 1, "method": "Page.captureScreenshot",
-                                "params": {"format": "png"}}))
-            while True:
-                msg = json.loads(ws.recv(timeout=timeout))
-                if msg.get("id") == 1:
-                    break
-        return iio.imread(base64.b64decode(msg["result"]["data"]))
+            for i in range(1, 10**6):
+                ws.send(json.dumps({"id": i, "method": "Page.captureScreenshot",
+                                    "params": {"format": "png"}}))
+                while True:
+                    msg = json.loads(ws.recv(timeout=timeout))
+                    if msg.get("id") == i:
+                        break
+                shot = iio.imread(base64.b64decode(msg["result"]["data"]))
+                if done(shot) or time.time() - t0 > timeout:
+                    return shot
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         proc.terminate()
         try:
@@ -282,13 +293,11 @@ def _cdp_screenshot(url: str, profile: Path, until, timeout: float = 40.0) -> np
 def test_browser_shows_a_render(tmp_path, data_dir, tiny_teacher):
     v = view.run(view_cfg(tmp_path, data_dir, tiny_teacher, ["view.resolution=64"]))
     try:
-        shot = _cdp_screenshot(v.url, tmp_path / "chromium", lambda: v.frames_rendered >= 2)
+        shot = _cdp_screenshot(v.url, tmp_path / "chromium", lambda: v.frames_rendered >= 1,
+                               lambda img: _view_area(img).std() > 5.0)
         assert http_get(v.url)[0] == 200  # the browser is gone, the server is not
     finally:
         v.stop()
     iio.imwrite(tmp_path / "shot.png", shot)
-    h, w = shot.shape[:2]
-    # below the "software WebGL" notice, right of the axes gizmo, left of the control panel
-    view_area = shot[int(0.45 * h): int(0.85 * h), int(0.12 * w): int(0.45 * w), :3]
-    view_area = view_area.astype(np.float64)
-    assert view_area.std() > 5.0, f"blank page (std {view_area.std():.2f})"
+    std = _view_area(shot).std()
+    assert std > 5.0, f"blank page (std {std:.2f}); screenshot in {tmp_path}"

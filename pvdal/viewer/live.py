@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,7 @@ class LiveViewer(pl.Callback):
                                        if self.teacher is not None else "field")
             self.g_stats = gui.add_markdown("waiting for the first snapshot...")
         self._event = threading.Event()
+        self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="pvdal-live")
         self._thread.start()
 
@@ -141,6 +143,10 @@ class LiveViewer(pl.Callback):
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join(30.0)
             self.viewer.stop()
+            served = time.perf_counter() - self._t0
+            log.info("viewer: %d refreshes, %.1f s of rendering in %.0f s (%.1f %%)",
+                     self.refreshes, self.viewer.pacer.busy_s, served,
+                     100 * self.viewer.pacer.busy_s / max(served, 1e-9))
             self.viewer = None
 
     # --- background thread --------------------------------------------------------------------
