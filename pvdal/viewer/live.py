@@ -167,6 +167,8 @@ class LiveViewer(pl.Callback):
                     log.warning("viewer: live refresh failed (%s: %s)", type(e).__name__, e)
                     self._warned = True
             finally:
+                if self.viewer is not None:
+                    self.viewer.pacer.rest()  # the budget: the pause this refresh owes
                 self._busy = False
 
     def _camera(self) -> tuple[np.ndarray, float, float]:

@@ -52,19 +52,21 @@ class ViewTarget:
 
 class Pacer:
     """Keeps render work within ``budget`` (a fraction of wall time) across threads: blocks run
-    one at a time under a lock, each followed by a pause of (1/budget - 1) x its duration
-    (budget >= 1: no pause). Training keeps the rest. (The render threads keep their normal
-    CPU priority: a niced thread that holds the GIL while starved would stall training.)"""
+    one at a time under a lock, and each owes a pause of (1/budget - 1) x its duration, paid in
+    ``rest()`` (after a whole frame, so a frame shows at once) under the same lock, so nobody
+    renders meanwhile (budget >= 1: no pauses). Training keeps the rest. (The render threads
+    keep their normal CPU priority: a niced thread that holds the GIL while starved would stall
+    training.)"""
 
     def __init__(self, budget: float = 1.0) -> None:
         self.budget = float(budget)
         self._lock = threading.Lock()
         self._closed = threading.Event()  # set: no more pauses (the viewer is stopping)
+        self._debt = 0.0  # seconds of pause owed
         self.busy_s = 0.0  # render time spent so far
 
     def close(self) -> None:
         self._closed.set()
-
 
     def __call__(self, fn: Callable[[], dict]) -> dict:
         with self._lock:
@@ -73,8 +75,15 @@ class Pacer:
             dt = time.perf_counter() - t0
             self.busy_s += dt
             if 0 < self.budget < 1:
-                self._closed.wait(dt * (1.0 / self.budget - 1.0))
+                self._debt += dt * (1.0 / self.budget - 1.0)
         return out
+
+    def rest(self) -> None:
+        """Pay the pause owed for the blocks rendered since the last rest."""
+        with self._lock:
+            if self._debt > 0:
+                self._closed.wait(self._debt)
+                self._debt = 0.0
 
 
 @torch.no_grad()

@@ -280,8 +280,10 @@ class _ClientView:
             out = render_camera(target, c2w, intrinsics(fov, w, h), h, w, v.chunk, stale,
                                 v.pacer)
             if out is None or stale():
+                v.pacer.rest()
                 return
             dt = time.perf_counter() - t0
             img = picture(out, mode, target.background.cpu().numpy())
             self.client.scene.set_background_image(img, format="jpeg", jpeg_quality=90)
             v.report(w, h, dt)
+            v.pacer.rest()
