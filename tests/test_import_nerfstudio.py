@@ -145,9 +145,6 @@ def test_truncated_checkpoint_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("edit,pattern", [
     (lambda r: (r / "config.yml").write_text((FIX / "config.yml").read_text().replace(
-        "implementation: torch", "implementation: tcnn")),
-     r"config\.yml: is a nerfacto run with implementation 'tcnn'; pvdal imports the torch"),
-    (lambda r: (r / "config.yml").write_text((FIX / "config.yml").read_text().replace(
         "nerfstudio.models.nerfacto.NerfactoModelConfig",
         "nerfstudio.models.instant_ngp.InstantNGPModelConfig")),
      r"config\.yml: is a nerfstudio run of 'nerfacto' \(nerfstudio\.models\.instant_ngp"),
@@ -157,7 +154,7 @@ def test_truncated_checkpoint_is_one_clear_error(tmp_path):
      r"run: nerfstudio run holds no nerfstudio_models/step-\*\.ckpt"),
     (lambda r: shutil.copyfile(FIX / "points.npz", r / "config.yml"),
      r"run: is a folder but not a nerfstudio run"),
-], ids=["tcnn", "other_method", "no_transforms", "no_checkpoint", "mislabelled_config"])
+], ids=["other_method", "no_transforms", "no_checkpoint", "mislabelled_config"])
 def test_bad_run_is_one_clear_error(edit, pattern, tmp_path):
     run = _copy(tmp_path)
     edit(run)

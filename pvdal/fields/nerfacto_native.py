@@ -1,5 +1,6 @@
-"""nerfstudio's nerfacto field (``NerfactoField``, torch implementation), computed as nerfstudio
-computes it.
+"""nerfstudio's nerfacto field (``NerfactoField``), computed as nerfstudio computes it: the torch
+implementation here, the tcnn one with ``implementation="tcnn"`` (pvdal/fields/nerfacto_tcnn.py:
+a tcnn hash grid, bias-free fully fused MLPs, tcnn's SH of ``d``; density and the rest as below).
 
 Built by the nerfstudio importer (pvdal/io/importers/nerfstudio.py) from a run's checkpoint; the
 parameter names are nerfstudio's (``mlp_base.model.0.hash_table``, ``mlp_head.layers.0.weight``,
@@ -23,6 +24,9 @@ What nerfstudio 1.1.x does, and this field repeats (``nerfstudio/fields/nerfacto
 * **Colour.** ``sigmoid(mlp_head([SH16((d + 1) / 2), geo15, appearance]))``: the torch SH
   encoding is evaluated at ``(d + 1) / 2`` as is; the appearance code at inference is the mean of
   the per-image embeddings (``use_average_appearance_embedding``) or zeros.
+* **tcnn.** Parameter names are pvdal's split of tcnn's flat vectors (``mlp_base.encoding.params``
+  [rows, F], ``mlp_base.network.layers.{i}.weight``, ``mlp_head.layers.{i}.weight``; the importer
+  splits them); fp16 checkpoints are held as float32.
 * **Features.** ``features(x)`` = the hash encoding and a last 0/1 column (the selector); the
   colour feature is nerfacto's 15-dim geo feature.
 """
@@ -34,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from pvdal.fields.base import FieldOutput, RadianceField
+from pvdal.fields.nerfacto_tcnn import TcnnHashMLP, TcnnMLP, tcnn_sh16
 
 EMPTY_RAW = -100.0  # sigma_raw of zero density: exp(-100) underflows to 0 in float32 alphas
 PRIMES = (1, 2654435761, 805459861)
@@ -148,9 +153,11 @@ class NerfactoNativeField(RadianceField):
         aabb: list[list[float]] | None = None,
         ns_from_scene: list[list[float]] | None = None,
         density_clamp: tuple[float, float] | None = None,
+        implementation: str = "torch",
     ) -> None:
         """Arguments are nerfacto's config fields; ``aabb`` the scene box (used without
-        contraction); ``ns_from_scene`` the 3x4 map pvdal field coordinates -> nerfstudio."""
+        contraction); ``ns_from_scene`` the 3x4 map pvdal field coordinates -> nerfstudio;
+        ``implementation`` the layout of the checkpoint's modules (torch or tcnn)."""
         super().__init__(density_clamp)
         box = aabb if aabb is not None else [[-1.0] * 3, [1.0] * 3]
         eye = [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]
@@ -169,17 +176,36 @@ class NerfactoNativeField(RadianceField):
         self.appearance_dim = int(appearance_embedding_dim)
         self.embedding_appearance = (NSEmbedding(num_images, self.appearance_dim)
                                      if self.appearance_dim > 0 else None)
-        enc = NSHashEncoding(num_levels, base_res, max_res, log2_hashmap_size, features_per_level)
-        self.mlp_base = nn.Module()
-        self.mlp_base.model = nn.Sequential(enc, NSMLP(enc.out_dim, num_layers, hidden_dim,
-                                                       1 + self.geo_feat_dim))
-        self.mlp_head = NSMLP(16 + self.geo_feat_dim + self.appearance_dim, num_layers_color,
-                              hidden_dim_color, 3, out_sigmoid=True)
+        if implementation not in ("torch", "tcnn"):
+            raise ValueError(f"implementation must be torch|tcnn, got {implementation!r}")
+        self.tcnn = implementation == "tcnn"
+        head_in = 16 + self.geo_feat_dim + self.appearance_dim
+        if self.tcnn:
+            self.mlp_base = TcnnHashMLP(num_levels, base_res, max_res, log2_hashmap_size,
+                                        features_per_level, num_layers, hidden_dim,
+                                        1 + self.geo_feat_dim)
+            self.mlp_head = TcnnMLP(head_in, num_layers_color, hidden_dim_color, 3,
+                                    pad_value=1.0, out_sigmoid=True)
+            enc = self.mlp_base
+        else:
+            enc = NSHashEncoding(num_levels, base_res, max_res, log2_hashmap_size,
+                                 features_per_level)
+            self.mlp_base = nn.Module()
+            self.mlp_base.model = nn.Sequential(enc, NSMLP(enc.out_dim, num_layers, hidden_dim,
+                                                           1 + self.geo_feat_dim))
+            self.mlp_head = NSMLP(head_in, num_layers_color, hidden_dim_color, 3,
+                                  out_sigmoid=True)
         self.enc_dim = enc.out_dim
         self.feature_dim = enc.out_dim + 1
         self.color_feature_dim = self.geo_feat_dim
 
     # --- nerfstudio's own computations ----------------------------------------------------------
+    def encode(self, u: Tensor) -> Tensor:
+        return self.mlp_base.encode(u) if self.tcnn else self.mlp_base.model[0](u)
+
+    def base_mlp(self, enc: Tensor) -> Tensor:
+        return self.mlp_base.network(enc) if self.tcnn else self.mlp_base.model[1](enc)
+
     def to_ns(self, x: Tensor) -> Tensor:
         """pvdal field coordinates -> nerfstudio frame."""
         return x @ self.ns_from_scene[:, :3].T + self.ns_from_scene[:, 3]
@@ -200,7 +226,7 @@ class NerfactoNativeField(RadianceField):
         u = self.normalized_positions(p)
         sel = ((u > 0.0) & (u < 1.0)).all(dim=-1)
         u = u * sel[..., None]
-        return torch.cat([self.mlp_base.model[0](u), sel[:, None].to(u.dtype)], dim=-1)
+        return torch.cat([self.encode(u), sel[:, None].to(u.dtype)], dim=-1)
 
     def appearance(self, n: int, like: Tensor) -> Tensor | None:
         if self.embedding_appearance is None:
@@ -211,7 +237,7 @@ class NerfactoNativeField(RadianceField):
         return like.new_zeros(n, self.appearance_dim)
 
     def rgb_ns(self, geo: Tensor, d_ns: Tensor) -> Tensor:
-        parts = [sh16((d_ns + 1.0) / 2.0), geo]
+        parts = [tcnn_sh16(d_ns) if self.tcnn else sh16((d_ns + 1.0) / 2.0), geo]
         app = self.appearance(geo.shape[0], geo)
         return self.mlp_head(torch.cat(parts if app is None else [*parts, app], dim=-1))
 
@@ -220,7 +246,7 @@ class NerfactoNativeField(RadianceField):
         """nerfstudio's per-point values at nerfstudio-frame points / unit directions:
         ``density`` (per nerfstudio unit, selector applied) and ``rgb``."""
         feat = self.features_ns(p)
-        h = self.mlp_base.model[1](feat[:, :-1])
+        h = self.base_mlp(feat[:, :-1])
         density = self.average_init_density * torch.exp(h[:, 0]) * feat[:, -1]
         return {"density": density, "rgb": self.rgb_ns(h[:, 1:], d)}
 
@@ -229,7 +255,7 @@ class NerfactoNativeField(RadianceField):
         return self.features_ns(self.to_ns(x))
 
     def _base(self, feat: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.mlp_base.model[1](feat[:, :-1])
+        h = self.base_mlp(feat[:, :-1])
         raw = h[:, 0] + float(np.log(self.average_init_density * self.length_scale))
         raw = torch.where(feat[:, -1] > 0, raw, torch.full_like(raw, EMPTY_RAW))
         return raw, h[:, 1:]
@@ -245,7 +271,10 @@ class NerfactoNativeField(RadianceField):
         return FieldOutput(sigma_raw, geo, self.rgb_ns(geo, self.dirs_to_ns(d)))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        head = [*self.mlp_base.model[1].parameters(), *self.mlp_head.parameters()]
+        base = self.mlp_base if self.tcnn else self.mlp_base.model
+        net = base.network if self.tcnn else base[1]
+        head = [*net.parameters(), *self.mlp_head.parameters()]
         if self.embedding_appearance is not None:
             head += list(self.embedding_appearance.parameters())
-        return {"features": [self.mlp_base.model[0].hash_table], "decoder": head}
+        grid = base.encoding if self.tcnn else base[0]
+        return {"features": list(grid.parameters()), "decoder": head}

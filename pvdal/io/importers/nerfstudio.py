@@ -1,5 +1,5 @@
-"""A nerfstudio run (nerfacto, torch implementation) -> a pvdal ``LoadedField`` holding
-nerfstudio's own field (pvdal/fields/nerfacto_native.py).
+"""A nerfstudio run (nerfacto, torch or tcnn implementation) -> a pvdal ``LoadedField`` holding
+nerfstudio's own field (pvdal/fields/nerfacto_native.py; tcnn layout: nerfstudio_tcnn.py).
 
 What is read, from the run folder (the path given may be the folder, its ``config.yml`` or a
 ``nerfstudio_models/step-*.ckpt``; without a .ckpt the highest step is taken, as nerfstudio does):
@@ -33,6 +33,7 @@ import yaml
 
 from pvdal.fields.nerfacto_native import NerfactoNativeField
 from pvdal.io.checkpoint import LoadedField, file_sha256, strict_load
+from pvdal.io.importers.nerfstudio_tcnn import implementation_of, tcnn_state
 from pvdal.io.safe_load import safe_torch_load
 from pvdal.render.march import default_step_size
 from pvdal.render.occupancy import OccupancyGrid
@@ -141,7 +142,7 @@ def ns_from_scene(transforms: Path, dataparser: dict) -> tuple[list[list[float]]
                         "world_scale": WORLD_SCALE}
 
 
-def field_args(model: dict, state: dict, m: list[list[float]], src: str) -> dict:
+def field_args(model: dict, state: dict, m: list[list[float]], src: str, impl: str) -> dict:
     missing = [k for k in NEEDED if k not in model]
     if missing:
         raise CheckpointError(src, f"nerfacto config lacks {missing}",
@@ -158,7 +159,8 @@ def field_args(model: dict, state: dict, m: list[list[float]], src: str) -> dict
             "use_average_appearance_embedding": bool(model["use_average_appearance_embedding"]),
             "average_init_density": float(model.get("average_init_density", 1.0)),
             "contraction": not bool(model["disable_scene_contraction"]),
-            "aabb": state["aabb"].tolist() if "aabb" in state else None, "ns_from_scene": m}
+            "aabb": state["aabb"].tolist() if "aabb" in state else None, "ns_from_scene": m,
+            "implementation": impl}
 
 
 def field_state(ckpt, src: str) -> dict:
@@ -202,17 +204,26 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
     if not tag.endswith("NerfactoModelConfig"):
         raise CheckpointError(str(config), f"is a nerfstudio run of {cfg.get('method_name')!r} "
                               f"({tag or 'no model tag'}); pvdal imports nerfacto runs only")
-    if impl != "torch":
+    if impl not in ("torch", "tcnn"):
         raise CheckpointError(str(config), f"is a nerfacto run with implementation {impl!r}; "
-                              "pvdal imports the torch implementation only",
-                              "train with --pipeline.model.implementation torch")
+                              "pvdal imports the torch and tcnn implementations")
     if model.get("predict_normals"):
         log.info("import: nerfacto's predicted-normal head is not imported (no effect on colour)")
     state = field_state(safe_torch_load(ckpt_path, "nerfstudio checkpoint"), str(ckpt_path))
+    layout = implementation_of(state)  # nerfstudio falls back to torch modules without tcnn
+    if layout != impl:
+        log.info("import: config.yml says implementation %s, the checkpoint holds the %s layout "
+                 "(nerfstudio builds torch modules when tinycudann is missing); reading %s", impl,
+                 layout, layout)
     dataparser = cfg["pipeline"].get("datamanager", {}).get("dataparser", {}) or {}
     m, frame_parts = ns_from_scene(transforms, dataparser)
-    args = field_args(model, state, m, str(config))
-    field = NerfactoNativeField(**args)
+    args = field_args(model, state, m, str(config), layout)
+    try:
+        field = NerfactoNativeField(**args)
+    except ValueError as e:
+        raise CheckpointError(str(config), f"nerfacto field not imported: {e}") from e
+    if layout == "tcnn":
+        state = tcnn_state(field, state, str(ckpt_path))
     state.update(ns_from_scene=field.ns_from_scene)
     strict_load(field, state, f"{ckpt_path} (nerfacto field)")
     field.eval()
@@ -237,12 +248,12 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
             "nerfstudio": {"method": cfg.get("method_name"), "step": step,
                            "background_color": bg_name}}
     bg_note = "" if bg_name in BACKGROUNDS else f" (nerfstudio's {bg_name!r} -> white)"
-    log.info("import: nerfstudio nerfacto (torch) from %s, step %d: hash %dx%d 2^%d res "
+    log.info("import: nerfstudio nerfacto (%s) from %s, step %d: hash %dx%d 2^%d res "
              "%d..%d, MLPs %d/%d wide, appearance %d (%s), density %g*exp, contraction %s; frame: "
              "nerfstudio = %g x (T @ (%g x pvdal scene)) with T from %s; background %s%s; %d "
-             "samples, %.1f%% of %d^3 cells occupied", ckpt_path, step, args["num_levels"],
-             args["features_per_level"], args["log2_hashmap_size"], args["base_res"],
-             args["max_res"], args["hidden_dim"], args["hidden_dim_color"],
+             "samples, %.1f%% of %d^3 cells occupied", layout, ckpt_path, step,
+             args["num_levels"], args["features_per_level"], args["log2_hashmap_size"],
+             args["base_res"], args["max_res"], args["hidden_dim"], args["hidden_dim_color"],
              args["appearance_embedding_dim"], "mean" if args[
                  "use_average_appearance_embedding"] else "zeros", args["average_init_density"],
              "L-inf" if args["contraction"] else "off", frame_parts["scale"] * frame_parts[
