@@ -1,7 +1,8 @@
 """NeRF-Synthetic (Blender) format: ``transforms_{train,val,test}.json`` + RGBA images.
 
 Poses are scaled by ``scale`` (default 1/1.5: the NeRF-Synthetic objects fit in [-1.5, 1.5]^3)
-so the object lies in the unit box. Alpha is composited on ``background`` (white by default).
+so the object lies in the unit box (``SceneData.world``: that scale, no rotation or shift).
+Alpha is composited on ``background`` (white by default).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pvdal.data.frames import Frames, SceneData
+from pvdal.data.frames import Frames, SceneData, WorldFrame
 from pvdal.data.images import (
     check_root,
     existing_frames,
@@ -86,4 +87,5 @@ def load_blender(root: str | Path, downscale: int = 1, scale: float = 1 / 1.5,
     radii = splits["train"].c2w[:, :, 3].norm(dim=-1)
     return SceneData(splits["train"], splits["val"], splits["test"],
                      SceneSpec(contraction=False, near=0.05), tuple(background), None, str(r),
-                     {"radius": [float(radii.min()), float(radii.max())]})
+                     {"radius": [float(radii.min()), float(radii.max())]},
+                     WorldFrame(scale=float(scale), source="blender"))

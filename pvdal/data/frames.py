@@ -2,7 +2,9 @@
 
 Every parser returns a ``SceneData``: three ``Frames`` splits whose poses are already mapped into
 the normalised scene (bounded: the unit box [-1, 1]^3; unbounded: contraction outside it, see
-``pvdal.render.scene``), with images composited on the background.
+``pvdal.render.scene``), with images composited on the background. ``SceneData.world`` (a
+``WorldFrame``) records the similarity the parser applied to the dataset's world to get there;
+checkpoints carry it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,88 @@ class Frames:
 
 
 @dataclass
+class WorldFrame:
+    """The similarity a parser applied to its dataset's world, recorded so it can be undone.
+
+    Direction: ``pvdal_point = scale * (R @ data_point + t)`` maps a point of the dataset's own
+    world (the coordinates of the poses in its files) into pvdal's normalised scene; camera
+    centres map the same way and camera rotations become ``R @ c2w[:3, :3]`` (OpenGL camera
+    axes on both sides: axis conventions of the file, e.g. LLFF's, are the parser's business).
+    ``contraction``: the scene outside the unit box is contracted; ``ndc``: rays are then mapped
+    into NDC (LLFF), so the field lives in NDC space of the mapped world.
+    """
+
+    scale: float = 1.0
+    rotation: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                                                                 [0.0, 0.0, 1.0]])
+    translation: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    contraction: bool = False
+    ndc: bool = False
+    source: str = ""  # the parser that applied it: blender, synthetic, transforms, llff
+
+    def to_dict(self) -> dict:
+        return {"scale": float(self.scale),
+                "rotation": [[float(v) for v in row] for row in self.rotation],
+                "translation": [float(v) for v in self.translation],
+                "contraction": bool(self.contraction), "ndc": bool(self.ndc),
+                "source": str(self.source)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldFrame:
+        w = cls(float(d["scale"]), [[float(v) for v in row] for row in d["rotation"]],
+                [float(v) for v in d["translation"]], bool(d.get("contraction", False)),
+                bool(d.get("ndc", False)), str(d.get("source", "")))
+        w._check()
+        return w
+
+    def _check(self) -> None:
+        R = self._R()
+        if R.shape != (3, 3) or len(self.translation) != 3 or not self.scale > 0 or \
+                (R.T @ R - torch.eye(3, dtype=R.dtype)).abs().max() > 1e-6:
+            raise DataError("world frame", f"not a similarity (scale {self.scale}, rotation "
+                            f"{self.rotation}, translation {self.translation})",
+                            "scale > 0, an orthonormal 3x3 rotation and a 3-vector")
+
+    def matches(self, other: WorldFrame, tol: float = 1e-6) -> bool:
+        """Same similarity and same contraction / NDC (``source`` is not compared)."""
+        return (abs(self.scale - other.scale) <= tol * max(1.0, abs(self.scale))
+                and bool((self._R() - other._R()).abs().max() <= tol)
+                and bool((self._t() - other._t()).abs().max() <= tol * max(1.0, self._t().abs()
+                                                                            .max().item()))
+                and self.contraction == other.contraction and self.ndc == other.ndc)
+
+    def _R(self) -> Tensor:
+        return torch.tensor(self.rotation, dtype=torch.float64)
+
+    def _t(self) -> Tensor:
+        return torch.tensor(self.translation, dtype=torch.float64)
+
+    def to_pvdal(self, x: Tensor) -> Tensor:
+        """Data-world points [..., 3] -> pvdal scene points (computed in float64)."""
+        y = self.scale * (x.double() @ self._R().T + self._t())
+        return y.to(x.dtype)
+
+    def to_data(self, p: Tensor) -> Tensor:
+        """pvdal scene points [..., 3] -> data-world points: the inverse of ``to_pvdal``."""
+        x = (p.double() / self.scale - self._t()) @ self._R()
+        return x.to(p.dtype)
+
+    def c2w_to_pvdal(self, c2w: Tensor) -> Tensor:
+        """Data-world camera-to-world [..., 3|4, 4] -> pvdal's [..., 3, 4]."""
+        m = c2w[..., :3, :4].double()
+        rot = self._R() @ m[..., :3]
+        centre = self.scale * (m[..., 3] @ self._R().T + self._t())
+        return torch.cat([rot, centre[..., None]], -1).to(c2w.dtype)
+
+    def c2w_to_data(self, c2w: Tensor) -> Tensor:
+        """pvdal camera-to-world [..., 3|4, 4] -> the data world's [..., 3, 4]."""
+        m = c2w[..., :3, :4].double()
+        rot = self._R().T @ m[..., :3]
+        centre = (m[..., 3] / self.scale - self._t()) @ self._R()
+        return torch.cat([rot, centre[..., None]], -1).to(c2w.dtype)
+
+
+@dataclass
 class NDCSpec:
     """Forward-facing scenes (LLFF): rays are mapped into NDC after generation."""
 
@@ -88,6 +172,7 @@ class SceneData:
     ndc: NDCSpec | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)  # e.g. camera band for active learning
+    world: WorldFrame | None = None  # what the parser applied to the data world (None: unknown)
 
     def split(self, name: str) -> Frames:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

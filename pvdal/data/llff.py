@@ -5,6 +5,7 @@ back], poses are scaled so the nearest bound is 1 / ``BD_FACTOR`` and recentred 
 identity, cameras look down -z). ``ndc=True`` maps rays into NDC, where the frustum from the near
 plane to infinity is the unit box; ``ndc=False`` keeps world rays, scaled so the nearest bound is
 1 (cameras to nearest content = the unit box), and contracts the rest of the scene.
+``SceneData.world`` records the scale and recentring (on OpenGL-axis poses of the file's world).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvdal.data.frames import Frames, NDCSpec, SceneData
+from pvdal.data.frames import Frames, NDCSpec, SceneData, WorldFrame
 from pvdal.data.images import check_root, load_image, native_size
 from pvdal.render.scene import SceneSpec
 from pvdal.utils.errors import DataError
@@ -128,7 +129,11 @@ def load_llff(root: str | Path, downscale: int = 4, holdout: int = 8,
     scale = 1.0 / (bounds.min() * (BD_FACTOR if ndc else 1.0))
     c2w[:, :, 3] *= scale
     bounds = bounds * scale
+    avg = average_pose(c2w)  # recentring: x' = avg_R^T (scale x - avg_c)
     c2w = recenter(c2w)
+    world = WorldFrame(scale=float(scale), rotation=avg[:, :3].T.tolist(),
+                       translation=(-avg[:, :3].T @ avg[:, 3] / scale).tolist(),
+                       contraction=not ndc, ndc=ndc, source="llff")
 
     n = len(c2w)
     fx, fy = focal * w / W, focal * h / H
@@ -154,4 +159,4 @@ def load_llff(root: str | Path, downscale: int = 4, holdout: int = 8,
             "mean_dir": mean_dir.tolist(),
             "bounds": [float(bounds.min()), float(bounds.max())]}
     return SceneData(train, test.subset(list(range(len(test)))), test, spec, (1.0, 1.0, 1.0),
-                     ndc_spec, str(r), meta)
+                     ndc_spec, str(r), meta, world)

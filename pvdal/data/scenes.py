@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from pvdal.data.blender import load_blender
@@ -15,4 +16,6 @@ def load_synthetic(root: str | Path, seed: int = 0, resolution: int = 64, n_trai
     from pvdal.data.synthetic import ensure_synthetic_scene
 
     path = ensure_synthetic_scene(root, seed, resolution, n_train, n_val, n_test)
-    return load_blender(path, 1, 1 / 1.5, tuple(background))
+    data = load_blender(path, 1, 1 / 1.5, tuple(background))
+    data.world = replace(data.world, source="synthetic")  # the Blender parser's frame
+    return data

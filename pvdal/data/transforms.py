@@ -4,8 +4,9 @@ Camera keys (``fl_x fl_y cx cy w h k1 k2 p1 p2``, or ``camera_angle_x/_y``) may 
 frame (frame keys win), so frames may differ in size and orientation. Poses (camera-to-world,
 OpenGL axes) are re-normalised whatever the exporter did: the point the optical axes converge on
 becomes the origin and the cameras sit at mean distance ``CAMERA_RADIUS``, so the object of
-interest lies in the unit box. ``aabb_scale > 1`` (instant-ngp) marks an unbounded capture: the
-same unit box is kept and everything outside it is contracted.
+interest lies in the unit box (``SceneData.world``: translation -focus, that scale, no
+rotation). ``aabb_scale > 1`` (instant-ngp) marks an unbounded capture: the same unit box is kept
+and everything outside it is contracted (``world.contraction``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pvdal.data.frames import Frames, SceneData
+from pvdal.data.frames import Frames, SceneData, WorldFrame
 from pvdal.data.images import check_root, existing_frames, load_image, native_size, read_json
 from pvdal.render.scene import SceneSpec
 from pvdal.utils.errors import DataError
@@ -176,9 +177,11 @@ def load_transforms(root: str | Path, downscale: int = 1, holdout: int = 8,
         dist.append(d)
         images.append(load_image(paths[i], (s[0], s[1]), background))
     c2w = torch.stack(poses).float()
-    c2w[:, :, 3] -= focus_point(c2w)
+    focus = focus_point(c2w)
+    c2w[:, :, 3] -= focus
     mean_dist = float(c2w[:, :, 3].norm(dim=-1).mean())
-    c2w[:, :, 3] *= CAMERA_RADIUS / mean_dist if mean_dist > 1e-8 else 1.0
+    scale = CAMERA_RADIUS / mean_dist if mean_dist > 1e-8 else 1.0
+    c2w[:, :, 3] *= scale
     dist_t = torch.tensor(dist, dtype=torch.float32)
     full = Frames(c2w, torch.tensor(intr, dtype=torch.float32), torch.tensor(hw),
                   images, dist_t if bool((dist_t != 0).any()) else None,
@@ -199,6 +202,8 @@ def load_transforms(root: str | Path, downscale: int = 1, holdout: int = 8,
                          far=float(radii.max()) + math.sqrt(3.0) * extent)
     else:
         spec = SceneSpec(contraction=False, near=0.05)
+    world = WorldFrame(scale=scale, translation=(-focus.double()).tolist(), contraction=contract,
+                       source="transforms")
     return SceneData(train, test.subset(list(range(len(test)))), test, spec, tuple(background),
                      None, src, {"radius": [float(radii.min()), float(radii.max())],
-                                 "forward_facing": False})
+                                 "forward_facing": False}, world)

@@ -7,6 +7,11 @@ A Lightning checkpoint gets a ``pvdal`` entry (added in the module's ``on_save_c
 pvdal's format version, the resolved arch config, the field's shape state (after upsampling or
 pruning), the occupancy-grid settings, the scene (AABB, contraction), background and marching
 settings, and where in the state dict the field and grid live. Loading is strict.
+
+The data config stored with it (``pvdal.data``, written by train.py / distill.py through
+``data_config``) holds ``world``: the similarity the dataset parser applied to its world
+(``pvdal.data.frames.WorldFrame``); ``LoadedField.world`` returns it (None for files written
+before it existed and for foreign formats, whose frame is in ``meta["frame"]``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 import pvdal
+from pvdal.data.frames import WorldFrame
 from pvdal.fields.base import RadianceField
 from pvdal.io.atomic import atomic_save
 from pvdal.io.formats import detect_format, import_foreign
@@ -36,8 +42,9 @@ KEY = "pvdal"
 
 def field_metadata(arch: Any, field: RadianceField, grid: OccupancyGrid, grid_cfg: dict,
                    scene: SceneSpec, background, n_samples: int, prefix: str = "field.",
-                   grid_prefix: str = "grid.") -> dict:
+                   grid_prefix: str = "grid.", world: WorldFrame | None = None) -> dict:
     arch = OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch) else arch
+    extra = {} if world is None else {"world": world.to_dict()}
     return {
         "format": FORMAT_VERSION,
         "pvdal_version": pvdal.__version__,
@@ -50,7 +57,23 @@ def field_metadata(arch: Any, field: RadianceField, grid: OccupancyGrid, grid_cf
         "n_samples": int(n_samples),
         "prefix": prefix,
         "grid_prefix": grid_prefix,
+        **extra,
     }
+
+
+def data_config(data_cfg: Any, world: WorldFrame | None) -> dict:
+    """The data config a module stores in its checkpoints, with the parser's ``world`` record."""
+    cfg = OmegaConf.to_container(data_cfg, resolve=True) if OmegaConf.is_config(data_cfg) \
+        else dict(data_cfg or {})
+    if world is not None:
+        cfg["world"] = world.to_dict()
+    return cfg
+
+
+def world_from_meta(meta: dict) -> WorldFrame | None:
+    """The ``WorldFrame`` a checkpoint (or export header) records, None when it has none."""
+    rec = meta.get("world") or (meta.get("data") or {}).get("world")
+    return WorldFrame.from_dict(rec) if isinstance(rec, dict) else None
 
 
 @dataclass
@@ -64,6 +87,7 @@ class LoadedField:
     meta: dict
     path: str
     sha256: str
+    world: WorldFrame | None = None  # the training data's frame (pvdal files that record it)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -143,7 +167,7 @@ def load_field(path: str | Path, key: str = "ckpt") -> LoadedField:
     field.eval()
     return LoadedField(field, grid, SceneSpec(**meta["scene"]), torch.tensor(meta["background"]),
                        int(meta["n_samples"]), meta["arch"], meta, str(path),
-                       file_sha256(path))
+                       file_sha256(path), world_from_meta(meta))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -4,7 +4,8 @@ safetensors layout (``save_safetensors``): tensors ``field.<name>`` (the field's
 ``grid.<name>`` (occupancy grid: ``density``, ``step_size``); the header JSON is stored both in
 the file's metadata (key ``pvdal``) and next to it (``<name>.json``) for tools that only read
 JSON. It is the checkpoint's metadata minus tensors: arch config, ``field_extra``, scene, grid
-config, background, n_samples, pvdal version. ``load_safetensors`` rebuilds an identical field.
+config, background, n_samples, pvdal version, the data config with its ``world`` frame.
+``load_safetensors`` rebuilds an identical field.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 
 import pvdal
 from pvdal.io.atomic import atomic_open, atomic_write_bytes, atomic_write_json
-from pvdal.io.checkpoint import LoadedField, file_sha256, strict_load
+from pvdal.io.checkpoint import LoadedField, file_sha256, strict_load, world_from_meta
 from pvdal.render.occupancy import OccupancyGrid
 from pvdal.render.scene import SceneSpec
 from pvdal.utils.errors import CheckpointError, ConfigError
@@ -187,4 +188,5 @@ def load_safetensors(path: str | Path, key: str = "path") -> LoadedField:
     strict_load(grid, sub(head["grid_prefix"]), f"{p} (occupancy grid)")
     field.eval()
     return LoadedField(field, grid, SceneSpec(**head["scene"]), torch.tensor(head["background"]),
-                       int(head["n_samples"]), head["arch"], head, str(p), file_sha256(p))
+                       int(head["n_samples"]), head["arch"], head, str(p), file_sha256(p),
+                       world_from_meta(head))

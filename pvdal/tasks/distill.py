@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from pvdal.distill.teacher import resolve_teacher
+from pvdal.io.checkpoint import data_config
 from pvdal.modules.distill_module import DistillModule
 from pvdal.tasks.common import check_ranges, writable_output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
@@ -45,9 +46,15 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     dm = build_datamodule(cfg)
     teacher = resolve_teacher(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    if teacher.world is not None and dm.data.world is not None and \
+            not teacher.world.matches(dm.data.world):
+        log.warning("distill: the teacher was trained in another frame (%s) than this data's "
+                    "(%s): its field and these cameras do not line up", teacher.world.to_dict(),
+                    dm.data.world.to_dict())
     levels, callbacks = build_al(cfg, dm, teacher)
     module = DistillModule(teacher, cfg.student, cfg.distill, cfg.render, cfg.grid, str(out),
-                           schedule_steps(cfg), cfg.data, levels, cfg.get("nan_policy", "stop"))
+                           schedule_steps(cfg), data_config(cfg.data, dm.data.world), levels,
+                           cfg.get("nan_policy", "stop"))
     log.info("distill: %s -> %s (al: %s) into %s", teacher.arch["name"], cfg.student.name,
              ",".join(levels) or "none", out)
     callbacks = callbacks + list(extra_callbacks or []) + live_callbacks(cfg)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from pvdal.callbacks.save_last import SaveLastCheckpoint
 from pvdal.data.datamodule import RayDataModule
 from pvdal.io.atomic import atomic_write_json
+from pvdal.io.checkpoint import data_config
 from pvdal.modules.clock import budget_seconds
 from pvdal.modules.field_module import FieldModule
 from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
@@ -74,7 +75,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
     dm = build_datamodule(cfg)
     data = dm.data
     module = FieldModule(cfg.arch, cfg.render, cfg.grid, data.scene.as_dict(),
-                         list(data.background), str(out), schedule_steps(cfg), cfg.data,
+                         list(data.background), str(out), schedule_steps(cfg),
+                         data_config(cfg.data, data.world),
                          cfg.get("nan_policy", "stop"))
     log.info("training %s on %s (%d train / %d test views) into %s", cfg.arch.name,
              cfg.data.name, len(data.train), len(data.test), out)
