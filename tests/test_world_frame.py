@@ -132,3 +132,24 @@ def test_checkpoint_round_trip(tiny_teacher: Path, data_dir: Path, tmp_path: Pat
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     assert load_field(old).world is None
+
+
+def test_distill_warns_on_another_frame(distill_cfg, tiny_teacher, monkeypatch, caplog) -> None:
+    """A teacher recorded in another frame than the data's is logged before training."""
+    import dataclasses
+    import logging
+
+    from pvdal.tasks import distill
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(distill, "build_al", stop)
+    lf = load_field(tiny_teacher)
+    for world, warned in ((lf.world, False), (WorldFrame(0.5, source="blender"), True)):
+        teacher = dataclasses.replace(lf, world=world)
+        monkeypatch.setattr(distill, "resolve_teacher", lambda cfg, t=teacher: t)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pvdal"), pytest.raises(RuntimeError):
+            distill.run(distill_cfg())
+        assert ("another frame" in caplog.text) is warned
