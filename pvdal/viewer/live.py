@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 
 from pvdal.viewer.camera import c2w_from_viser, frame_size, intrinsics
-from pvdal.viewer.render import ViewTarget, abs_diff, psnr, render_camera, to_uint8
+from pvdal.viewer.render import ViewTarget, abs_diff, psnr, to_uint8
 
 log = logging.getLogger("pvdal")
 STAGES = {1: "1 features", 2: "2 points", 3: "3 render"}
@@ -66,6 +66,8 @@ class LiveViewer(pl.Callback):
         self._event: threading.Event | None = None  # made on rank 0 (ddp_spawn pickles this)
         self._thread: threading.Thread | None = None
         self._teacher_tile: dict = {}  # camera -> the teacher's render (it does not change)
+        self._worker = None  # the render process (CPU)
+        self._t0 = time.perf_counter()
         self._stopped = False
         self._warned = False
         self.refreshes = 0
@@ -87,6 +89,11 @@ class LiveViewer(pl.Callback):
         out = Path(getattr(pl_module, "output_dir", None) or ".")
         self.viewer = Viewer(targets, dataset_cameras(data), self.host, self.port,
                              self.resolution, 2, self.chunk, self.budget, out)
+        if targets[next(iter(targets))].device.type == "cpu":  # no GIL shared with training
+            from pvdal.viewer.worker import RenderWorker
+
+            self._worker = RenderWorker(torch.get_num_threads())
+            self.viewer.render = self._worker.render
         gui = self.viewer.server.gui
         with gui.add_folder("Training", order=-1):
             size = min(max(self.resolution, 16), 640)
@@ -143,6 +150,9 @@ class LiveViewer(pl.Callback):
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join(30.0)
             self.viewer.stop()
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
             served = time.perf_counter() - self._t0
             log.info("viewer: %d refreshes, %.1f s of rendering in %.0f s (%.1f %%)",
                      self.refreshes, self.viewer.pacer.busy_s, served,
@@ -193,8 +203,8 @@ class LiveViewer(pl.Callback):
         w, h = frame_size(aspect, int(self.g_size.value))
         K = intrinsics(fov, w, h)
         bg = v.target().background
-        s = render_camera(student.with_(background=bg), c2w, K, h, w, self.chunk,
-                          lambda: self._stopped, v.pacer)
+        s = v.render(student.with_(background=bg), c2w, K, h, w, self.chunk,
+                     lambda: self._stopped, v.pacer)
         if s is None:
             return
         tiles = [to_uint8(s["rgb"])]
@@ -202,8 +212,8 @@ class LiveViewer(pl.Callback):
             key = (np.asarray(c2w).tobytes(), K.tobytes(), h, w, tuple(bg.tolist()))
             t = self._teacher_tile.get(key)
             if t is None:  # the teacher is frozen: render it once per camera
-                t = render_camera(self.teacher.with_(background=bg), c2w, K, h, w, self.chunk,
-                                  lambda: self._stopped, v.pacer)
+                t = v.render(self.teacher.with_(background=bg), c2w, K, h, w, self.chunk,
+                             lambda: self._stopped, v.pacer)
                 if t is None:
                     return
                 self._teacher_tile = {key: t}

@@ -81,6 +81,7 @@ class Viewer:
         self.targets, self.cameras, self.chunk = dict(targets), cameras, int(chunk)
         self.coarse, self.out_dir = max(1, int(coarse)), Path(out_dir)
         self.pacer = Pacer(budget)
+        self.render = render_camera  # the live viewer swaps in a render process (worker.py)
         self.keyframes: list[Keyframe] = []
         self.frames_rendered, self.last_fps = 0, 0.0
         self._lock = threading.Lock()
@@ -277,8 +278,7 @@ class _ClientView:
         for side in v.levels():
             w, h = frame_size(aspect, side)
             t0 = time.perf_counter()
-            out = render_camera(target, c2w, intrinsics(fov, w, h), h, w, v.chunk, stale,
-                                v.pacer)
+            out = v.render(target, c2w, intrinsics(fov, w, h), h, w, v.chunk, stale, v.pacer)
             if out is None or stale():
                 v.pacer.rest()
                 return
