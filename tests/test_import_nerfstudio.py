@@ -146,8 +146,8 @@ def test_truncated_checkpoint_is_one_clear_error(tmp_path):
 @pytest.mark.parametrize("edit,pattern", [
     (lambda r: (r / "config.yml").write_text((FIX / "config.yml").read_text().replace(
         "nerfstudio.models.nerfacto.NerfactoModelConfig",
-        "nerfstudio.models.instant_ngp.InstantNGPModelConfig")),
-     r"config\.yml: is a nerfstudio run of 'nerfacto' \(nerfstudio\.models\.instant_ngp"),
+        "nerfstudio.models.vanilla_nerf.VanillaModelConfig")),
+     r"config\.yml: is a nerfstudio run of 'nerfacto' \(nerfstudio\.models\.vanilla_nerf"),
     (lambda r: (r / "dataparser_transforms.json").unlink(),
      r"dataparser_transforms\.json: nerfstudio run lacks its dataparser_transforms\.json"),
     (lambda r: shutil.rmtree(r / "nerfstudio_models"),

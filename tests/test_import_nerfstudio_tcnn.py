@@ -35,18 +35,22 @@ T = [[0.0, 1.0, 0.0, 0.1], [0.0, 0.0, 1.0, -0.2], [1.0, 0.0, 0.0, 0.05]]  # data
 SCALE = 0.8
 
 
-def grid_rows() -> int:
-    lv = ref.levels(L, BASE, PLS, LOG2_T)
+GRID = {"L": L, "base": BASE, "pls": PLS, "log2_t": LOG2_T}
+
+
+def grid_rows(grid: dict = GRID) -> int:
+    lv = ref.levels(grid["L"], grid["base"], grid["pls"], grid["log2_t"])
     return lv[-1][2] + lv[-1][3]
 
 
-def weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """fp16 as tcnn stores them: base [64, 16], [16, 64]; head [64, 64] (input 16 + 15 + 32 + pad
-    1), [64, 64], [16, 64]; the grid [rows, 2]; float32 appearance codes."""
+def weights(seed: int = 0, grid: dict = GRID) -> dict[str, np.ndarray]:
+    """fp16 as tcnn stores them: base [64, L * 2], [16, 64]; head [64, 64] (input 16 + 15 + 32 +
+    pad 1), [64, 64], [16, 64]; the grid [rows, 2]; float32 appearance codes."""
     rng = np.random.default_rng(seed)
-    shapes = {"b0": (64, 16), "b1": (16, 64), "h0": (64, 64), "h1": (64, 64), "h2": (16, 64)}
+    shapes = {"b0": (64, grid["L"] * F), "b1": (16, 64), "h0": (64, 64), "h1": (64, 64),
+              "h2": (16, 64)}
     w = {k: (rng.normal(0, 1.5, s) / math.sqrt(s[1])).astype(np.float16) for k, s in shapes.items()}
-    w["grid"] = rng.uniform(-1, 1, (grid_rows(), F)).astype(np.float16)
+    w["grid"] = rng.uniform(-1, 1, (grid_rows(grid), F)).astype(np.float16)
     w["app"] = rng.normal(0, 0.5, (N_IMAGES, APP)).astype(np.float32)
     return w
 
@@ -60,10 +64,12 @@ def config_text(impl: str = "tcnn") -> str:
     return text
 
 
-def write_run(run: Path, w: dict, impl: str = "tcnn", **extra) -> Path:
+def write_run(run: Path, w: dict, impl: str = "tcnn", text: str | None = None,
+              transform: tuple = (T, SCALE), **extra) -> Path:
     (run / "nerfstudio_models").mkdir(parents=True, exist_ok=True)
-    (run / "config.yml").write_text(config_text(impl))
-    (run / "dataparser_transforms.json").write_text(json.dumps({"transform": T, "scale": SCALE}))
+    (run / "config.yml").write_text(config_text(impl) if text is None else text)
+    (run / "dataparser_transforms.json").write_text(json.dumps(
+        {"transform": transform[0], "scale": transform[1]}))
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     base = np.concatenate([w["b0"].ravel(), w["b1"].ravel(), w["grid"].ravel()])
     head = np.concatenate([w["h0"].ravel(), w["h1"].ravel(), w["h2"].ravel()])
@@ -157,20 +163,23 @@ def tcnn_sh16(v: np.ndarray) -> np.ndarray:
         0.59004358992664352 * x * (-x2 + 3 * y2)], -1)
 
 
-def numpy_nerfacto_tcnn(w: dict, p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def numpy_nerfacto_tcnn(w: dict, p: np.ndarray, d: np.ndarray, grid: dict = GRID,
+                        init_density: float = 0.01, mean_code: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """nerfstudio's NerfactoField (tcnn) at nerfstudio points p, unit directions d: L-inf
     contraction, (p + 2) / 4, selector; tcnn grid; base MLP (no bias, ReLU); density 0.01 *
-    exp(out0); head on [SH16 of (2 * (d + 1) / 2 - 1), geo15, mean code, 1] -> sigmoid[:3]."""
+    exp(out0); head on [SH16 of (2 * (d + 1) / 2 - 1), geo15, mean code (or zeros), 1] ->
+    sigmoid[:3]."""
     g = {k: v.astype(np.float64) for k, v in w.items()}
     mag = np.abs(p).max(-1, keepdims=True)
     c = np.where(mag < 1, p, (2 - 1 / mag) * p / mag)
     u = (c + 2) / 4
     sel = ((u > 0) & (u < 1)).all(-1)
-    enc, _ = ref.encode((u * sel[:, None]).astype(np.float32), w["grid"].astype(np.float32), L,
-                        BASE, PLS, LOG2_T)
+    enc, _ = ref.encode((u * sel[:, None]).astype(np.float32), w["grid"].astype(np.float32),
+                        grid["L"], grid["base"], grid["pls"], grid["log2_t"])
     h = np.maximum(enc @ g["b0"].T, 0) @ g["b1"].T
-    dens = 0.01 * np.exp(h[:, 0]) * sel
-    app = np.broadcast_to(g["app"].mean(0), (len(p), APP))
+    dens = init_density * np.exp(h[:, 0]) * sel
+    app = np.broadcast_to(g["app"].mean(0) if mean_code else np.zeros(APP), (len(p), APP))
     x = np.concatenate([tcnn_sh16((d + 1) / 2 * 2 - 1), h[:, 1:], app, np.ones((len(p), 1))], -1)
     x = np.maximum(np.maximum(x @ g["h0"].T, 0) @ g["h1"].T, 0) @ g["h2"].T
     return dens, 1 / (1 + np.exp(-x[:, :3]))

@@ -33,8 +33,8 @@ FORMATS = {
     "ingp": "an instant-ngp snapshot (.msgpack, or .ingp = gzip-wrapped msgpack)",
     "torch-ngp": "a torch-ngp checkpoint (.pth: model with encoder.embeddings, sigma_net, "
                  "color_net)",
-    "nerfstudio": "a nerfstudio nerfacto run (its folder, config.yml or nerfstudio_models/"
-                  "step-*.ckpt)",
+    "nerfstudio": "a nerfstudio nerfacto or instant-ngp run (its folder, config.yml or "
+                  "nerfstudio_models/step-*.ckpt)",
 }
 IMPORTERS = {  # format -> "module:function" taking (path, key), returning a LoadedField
     "pvdal-safetensors": "pvdal.io.export:load_safetensors",

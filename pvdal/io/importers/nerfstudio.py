@@ -1,5 +1,6 @@
-"""A nerfstudio run (nerfacto, torch or tcnn implementation) -> a pvdal ``LoadedField`` holding
-nerfstudio's own field (pvdal/fields/nerfacto_native.py; tcnn layout: nerfstudio_tcnn.py).
+"""A nerfstudio run (nerfacto or instant-ngp, torch or tcnn implementation) -> a pvdal
+``LoadedField`` holding nerfstudio's own field (pvdal/fields/nerfacto_native.py; tcnn layout:
+nerfstudio_tcnn.py; the instant-ngp method's field and occupancy grid: nerfstudio_ngp.py).
 
 What is read, from the run folder (the path given may be the folder, its ``config.yml`` or a
 ``nerfstudio_models/step-*.ckpt``; without a .ckpt the highest step is taken, as nerfstudio does):
@@ -33,6 +34,7 @@ import yaml
 
 from pvdal.fields.nerfacto_native import NerfactoNativeField
 from pvdal.io.checkpoint import LoadedField, file_sha256, strict_load
+from pvdal.io.importers.nerfstudio_ngp import is_ngp, model_fields, occ_state, seed_grid
 from pvdal.io.importers.nerfstudio_tcnn import implementation_of, tcnn_state
 from pvdal.io.safe_load import safe_torch_load
 from pvdal.render.march import default_step_size
@@ -200,16 +202,19 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
     config, ckpt_path, transforms = run_files(p)
     cfg = read_config(config)
     model = cfg["pipeline"]["model"]
-    tag, impl = str(model.get("__tag__", "")), model.get("implementation")
-    if not tag.endswith("NerfactoModelConfig"):
+    tag, ngp = str(model.get("__tag__", "")), is_ngp(str(model.get("__tag__", "")))
+    impl = model.get("implementation", "tcnn")  # instant-ngp: NerfactoField's default
+    if not (tag.endswith("NerfactoModelConfig") or ngp):
         raise CheckpointError(str(config), f"is a nerfstudio run of {cfg.get('method_name')!r} "
-                              f"({tag or 'no model tag'}); pvdal imports nerfacto runs only")
+                              f"({tag or 'no model tag'}); pvdal imports nerfacto and "
+                              "instant-ngp runs only")
     if impl not in ("torch", "tcnn"):
         raise CheckpointError(str(config), f"is a nerfacto run with implementation {impl!r}; "
                               "pvdal imports the torch and tcnn implementations")
     if model.get("predict_normals"):
         log.info("import: nerfacto's predicted-normal head is not imported (no effect on colour)")
-    state = field_state(safe_torch_load(ckpt_path, "nerfstudio checkpoint"), str(ckpt_path))
+    raw = safe_torch_load(ckpt_path, "nerfstudio checkpoint")
+    state = field_state(raw, str(ckpt_path))
     layout = implementation_of(state)  # nerfstudio falls back to torch modules without tcnn
     if layout != impl:
         log.info("import: config.yml says implementation %s, the checkpoint holds the %s layout "
@@ -217,6 +222,9 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
                  layout, layout)
     dataparser = cfg["pipeline"].get("datamanager", {}).get("dataparser", {}) or {}
     m, frame_parts = ns_from_scene(transforms, dataparser)
+    method = "instant-ngp" if ngp else "nerfacto"
+    if ngp:
+        model = model_fields(model, layout)
     args = field_args(model, state, m, str(config), layout)
     try:
         field = NerfactoNativeField(**args)
@@ -228,6 +236,12 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
     strict_load(field, state, f"{ckpt_path} (nerfacto field)")
     field.eval()
     grid = occupancy(field, N_SAMPLES)
+    occ = occ_state(raw["pipeline"]) if ngp else None
+    if occ is not None:  # where nerfacc's grid skips, nerfstudio never samples
+        emptied = seed_grid(grid, field.to_ns, occ)
+        log.info("import: nerfacc occupancy grid %s x %d levels seeds pvdal's: %.1f%% of cells "
+                 "emptied", list(occ["binaries"].shape[1:]), occ["binaries"].shape[0],
+                 100 * emptied)
     near = float(model.get("near_plane", 0.05)) / field.length_scale
     if not math.isfinite(near) or near < 0:
         raise CheckpointError(str(config), f"near_plane {model.get('near_plane')!r} is not a "
@@ -246,12 +260,13 @@ def import_nerfstudio(path: str | Path, key: str = "ckpt") -> LoadedField:
             "grid": {"resolution": grid.resolution, "threshold": GRID_THRESHOLD},
             "scene": scene.as_dict(), "background": background, "n_samples": N_SAMPLES,
             "nerfstudio": {"method": cfg.get("method_name"), "step": step,
-                           "background_color": bg_name}}
+                           "background_color": bg_name, "implementation": layout,
+                           "occupancy_grid": occ is not None}}
     bg_note = "" if bg_name in BACKGROUNDS else f" (nerfstudio's {bg_name!r} -> white)"
-    log.info("import: nerfstudio nerfacto (%s) from %s, step %d: hash %dx%d 2^%d res "
+    log.info("import: nerfstudio %s (%s) from %s, step %d: hash %dx%d 2^%d res "
              "%d..%d, MLPs %d/%d wide, appearance %d (%s), density %g*exp, contraction %s; frame: "
              "nerfstudio = %g x (T @ (%g x pvdal scene)) with T from %s; background %s%s; %d "
-             "samples, %.1f%% of %d^3 cells occupied", layout, ckpt_path, step,
+             "samples, %.1f%% of %d^3 cells occupied", method, layout, ckpt_path, step,
              args["num_levels"], args["features_per_level"], args["log2_hashmap_size"],
              args["base_res"], args["max_res"], args["hidden_dim"], args["hidden_dim_color"],
              args["appearance_embedding_dim"], "mean" if args[
