@@ -101,7 +101,8 @@ def test_other_fields_are_refused_with_the_reason(tmp_path, data_dir):
     src = tngp_t.write(tmp_path / "ngp.pth")
     with pytest.raises(ConfigError, match=r"format=ingp writes ingp's own field exactly, but .*"
                        r"holds an imported torch-ngp field.*hint: distil a student under ingp's "
-                       r"conventions \(distill\.py \.\.\. student=ingp\)"):
+                       r"conventions \(distill\.py \.\.\. student\.native=ingp, or "
+                       r"student=ingp\)"):
         run_export(src, "ingp", tmp_path / "run", data_dir)
     f = NGPField(n_levels=2, log2_hashmap_size=8, base_resolution=4, max_resolution=8)
     lf = LoadedField(f, OccupancyGrid(4), SceneSpec(), torch.ones(3), 8, {"name": "ngp"}, {},
@@ -114,10 +115,11 @@ def test_other_fields_are_refused_with_the_reason(tmp_path, data_dir):
         run_export(src, "nerfacto", tmp_path / "run2", data_dir)
 
 
-def distil(teacher: Path, student: str, out: Path, data_dir: Path) -> Path:
+def distil(teacher: Path, student: str, out: Path, data_dir: Path,
+           extra: tuple[str, ...] = ()) -> Path:
     cfg = compose_cfg("distill", out, data_dir,
                       [f"student={student}", *TINY_DATA, *TINY_RUN, "preset=tiny",
-                       f"teacher.ckpt={teacher}", "trainer.max_steps=3"])
+                       f"teacher.ckpt={teacher}", "trainer.max_steps=3", *extra])
     res = distill.run(cfg)
     assert res["steps"] == 3
     return out / "checkpoints" / "last.ckpt"
@@ -149,9 +151,10 @@ def test_svox2_student_exports_exactly(tmp_path, data_dir):
 
 
 def test_ingp_student_exports_exactly(tmp_path, data_dir):
+    """``student.native=ingp`` (the issue's key) = ``student=ingp``: instant-ngp's own field."""
     teacher = tmp_path / "t.ingp"
     teacher.write_bytes(gzip.compress(msgpack.packb(ingp_t.snapshot(), use_bin_type=True)))
-    ckpt = distil(teacher, "ingp", tmp_path / "d", data_dir)
+    ckpt = distil(teacher, "ngp", tmp_path / "d", data_dir, ("student.native=ingp",))
     f = load_field(ckpt).field
     assert type(f).__name__ == "IngpNativeField" and f.encoding.log2_T == 10
     out = Path(run_export(ckpt, "ingp", tmp_path / "e", data_dir)["ingp"])
@@ -194,3 +197,11 @@ def test_tensorf_student_exports_exactly(tmp_path, data_dir):
     d = torch.nn.functional.normalize(torch.randn(3000, 3), dim=-1)
     for k, v in f.tensorf_outputs(w, d).items():
         assert torch.equal(v, back.tensorf_outputs(w, d)[k]), k
+
+
+def test_unknown_native_student_is_one_clear_error(tmp_path, data_dir):
+    from pvdal.utils.errors import ConfigError as CE
+
+    with pytest.raises(CE, match=r"student\.native.*unknown native format 'nerfacto'"):
+        distil(tmp_path / "none.ckpt", "ngp", tmp_path / "d", data_dir,
+               ("student.native=nerfacto",))

@@ -50,8 +50,8 @@ def check_native(lf: LoadedField, fmt: str) -> None:
     native = lf.arch.get("native")
     what = (f"an imported {native} field" if native else
             f"pvdal's own {lf.arch.get('name')} architecture ({cls.__name__})")
-    how = (f"distil a student under {fmt}'s conventions (distill.py ... student={STUDENTS[fmt]})"
-           " and export that")
+    how = (f"distil a student under {fmt}'s conventions (distill.py ... student.native={fmt}, "
+           f"or student={STUDENTS[fmt]}) and export that")
     raise ConfigError("format", f"format={fmt} writes {fmt}'s own field exactly, but {lf.path} "
                       f"holds {what}, computed under other conventions (activation, widths, "
                       f"frame), which {fmt} cannot load without a refit", how)

@@ -28,7 +28,7 @@ class FieldModule(RadianceModule):
         self.random_background = bool(self.render_cfg.get("random_background", True))
         self.field = instantiate(self.arch["field"], _convert_="all")
         self.grid = OccupancyGrid(**self.grid_cfg)
-        self._early_stop_pays = True
+        self._early_stop_pays = False  # a young field hides little: the first log decides
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.field_hooks()
@@ -39,7 +39,7 @@ class FieldModule(RadianceModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._early_stop_pays = bool(checkpoint.get("early_stop_pays", True))
+        self._early_stop_pays = bool(checkpoint.get("early_stop_pays", False))
 
     def training_step(self, batch, batch_idx):
         batch = self.ray_batch(batch)

@@ -13,7 +13,7 @@ from pvdal.io.checkpoint import data_config
 from pvdal.modules.distill_module import DistillModule
 from pvdal.tasks.common import check_ranges, writable_output_dir
 from pvdal.tasks.train import build_datamodule, fit_and_test, schedule_steps
-from pvdal.utils.presets import apply_preset
+from pvdal.utils.presets import apply_native, apply_preset
 from pvdal.viewer.live import live_callbacks
 
 log = logging.getLogger("pvdal")
@@ -39,6 +39,7 @@ def build_al(cfg: DictConfig, dm, teacher) -> tuple[dict, list]:
 
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
+    apply_native(cfg)
     apply_preset(cfg)
     check_ranges(cfg, DISTILL_RANGES)
     pl.seed_everything(cfg.seed, workers=True)

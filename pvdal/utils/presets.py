@@ -10,11 +10,15 @@ distillation can start a student's decoder as its teacher's (``distill.init_deco
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pvdal.utils.errors import ConfigError
 
 ROLES = ("arch", "teacher", "student")
+log = logging.getLogger("pvdal")
 
 
 def apply_preset(cfg: DictConfig) -> DictConfig:
@@ -37,4 +41,29 @@ def apply_preset(cfg: DictConfig) -> DictConfig:
                 arch.field = OmegaConf.merge(arch.field, arch[preset])
             if shared and "decoder" in arch.field:
                 arch.field.decoder = "shared"
+    return cfg
+
+
+NATIVE_ARCH = {"tensorf": "tensorf_native", "svox2": "svox2", "ingp": "ingp"}  # conf/arch/
+
+
+def apply_native(cfg: DictConfig) -> DictConfig:
+    """``student.native=tensorf|svox2|ingp``: the student becomes that tool's own field
+    (conf/arch/<tensorf_native|svox2|ingp>.yaml: its activation, feature widths and frame), so
+    ``export.py format=<native>`` writes it exactly. Student-only keys the user set (batch size,
+    distillation steps) are kept. Same as ``student=<tensorf_native|svox2|ingp>``."""
+    student = cfg.get("student")
+    native = student.get("native") if student is not None else None
+    if not native:
+        return cfg
+    if native not in NATIVE_ARCH:
+        raise ConfigError("student.native", f"unknown native format {native!r}",
+                          "use tensorf, svox2 or ingp (or null for pvdal's own field)")
+    path = Path(__file__).resolve().parents[2] / "conf" / "arch" / f"{NATIVE_ARCH[native]}.yaml"
+    arch = OmegaConf.load(path)
+    keep = {k: student[k] for k in ("batch_size", "distill_steps") if k in student}
+    with open_dict(cfg):
+        cfg.student = OmegaConf.merge(arch, keep, {"native": native})
+    log.info("student.native=%s: the student is %s's own field (%s)", native, native,
+             arch.field._target_)
     return cfg
