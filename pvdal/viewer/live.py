@@ -1,12 +1,13 @@
 """``view=true`` in train.py / distill.py: the viewer inside the training process (rank 0 only).
 
 Every ``every_n_steps`` steps the training thread copies the student (field + occupancy grid,
-no grad: a snapshot, a few ms) and hands it to a background thread, which renders teacher |
-student | |difference| for the browser's camera at the size the user picks, the student in the
-3-D view, and the stage, losses and student-vs-teacher PSNR. All render work goes through one
-``Pacer``: it takes at most ``budget`` of the wall time, so training keeps the rest. A snapshot
-is skipped while the previous one is still being rendered. Closing the browser changes nothing
-for training; a failing render is logged once and the viewer keeps going.
+no grad: a snapshot, a few ms) and hands it to a background thread, which has teacher |
+student | |difference| rendered for the browser's camera at the size the user picks (on a CPU
+by a child process, worker.py: no GIL shared with training), shows the student in the 3-D view
+and the stage, losses and student-vs-teacher PSNR. All render work goes through one ``Pacer``:
+it takes at most ``budget`` of the wall time, so training keeps the rest. A snapshot is skipped
+while the previous one is still being rendered. Closing the browser changes nothing for
+training; a failing render is logged once and the viewer keeps going.
 """
 
 from __future__ import annotations
@@ -92,8 +93,11 @@ class LiveViewer(pl.Callback):
         if targets[next(iter(targets))].device.type == "cpu":  # no GIL shared with training
             from pvdal.viewer.worker import RenderWorker
 
-            self._worker = RenderWorker(torch.get_num_threads())
-            self.viewer.render = self._worker.render
+            try:
+                self._worker = RenderWorker(torch.get_num_threads())
+                self.viewer.render = self._worker.render
+            except Exception as e:  # rendering on a thread instead: slower training, still live
+                log.warning("viewer: no render process (%s: %s)", type(e).__name__, e)
         gui = self.viewer.server.gui
         with gui.add_folder("Training", order=-1):
             size = min(max(self.resolution, 16), 640)

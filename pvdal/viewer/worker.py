@@ -25,6 +25,7 @@ def _serve(req: Any, res: Any, threads: int) -> None:
     """The child: keep the targets it is sent, render what it is asked, until ``None``."""
     torch.set_num_threads(max(1, threads))
     targets: dict[int, ViewTarget] = {}
+    res.put("ready")  # imports done: start-up is not render time
     while True:
         msg = req.get()
         if msg is None:
@@ -63,12 +64,17 @@ class RenderWorker:
             if path is not None:
                 main.__file__ = path
         self._lock = threading.Lock()
+        self._ready = False
         self._sent: dict[int, Any] = {}  # id(field) -> field (kept alive: ids stay unique)
 
     def render(self, target: ViewTarget, c2w, K, height: int, width: int, chunk: int = 4096,
                cancelled=None, pacer: Pacer | None = None) -> dict | None:
         if cancelled is not None and cancelled():
             return None
+        with self._lock:
+            if not self._ready:  # outside the pacer: start-up is not render time
+                self._get()
+                self._ready = True
         run = lambda: self._render(target, c2w, K, height, width, chunk)
         return run() if pacer is None else pacer(run)
 
@@ -84,16 +90,18 @@ class RenderWorker:
             self._req.put(("render", key, np.asarray(c2w, np.float32),
                            np.asarray(K, np.float32), int(h), int(w), int(chunk),
                            target.background.cpu().tolist(), int(target.n_samples)))
-            while True:
-                try:
-                    out = self._res.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    if not self._proc.is_alive():
-                        raise RuntimeError("the render process died") from None
+            out = self._get()
         if isinstance(out, Exception):
             raise out
         return out
+
+    def _get(self) -> Any:
+        while True:
+            try:
+                return self._res.get(timeout=1.0)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError("the render process died") from None
 
     def close(self) -> None:
         try:
