@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from pvdal.encodings.sh import sh_basis
-from pvdal.fields.torch_ngp_native import EMPTY_RAW, TorchNgpNativeField
+from pvdal.fields.ingp_native import EMPTY_RAW
+from pvdal.fields.torch_ngp_native import TorchNgpNativeField
 from pvdal.io.checkpoint import load_field
 from pvdal.io.formats import detect_format
 from pvdal.tasks import distill, evaluate

@@ -67,7 +67,32 @@ def cascade_of(p: Tensor, n_cascades: int) -> Tensor:
     return (e + 1).clamp(0, n_cascades - 1).long()
 
 
-class IngpNativeField(RadianceField):
+class NgpLikeHalves(RadianceField):
+    """The RadianceField halves shared by instant-ngp's and torch-ngp's own fields: features in
+    the tool's frame (last column: inside its box and grid), raw density shifted to pvdal units
+    (``EMPTY_RAW`` outside), the density net's other 15 outputs as the colour feature. Needs
+    ``features_ngp``, ``to_ngp``, ``dir_to_ngp``, ``network``, ``density_head``, ``raw_shift``."""
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.features_ngp(self.to_ngp(x))
+
+    def _raw(self, h: Tensor, feat: Tensor) -> Tensor:
+        return torch.where(feat[:, -1] > 0, h[:, 0] + self.raw_shift,
+                           torch.full_like(h[:, 0], EMPTY_RAW))
+
+    def density_raw(self, feat: Tensor) -> Tensor:
+        return self._raw(self.density_head(feat[:, :-1]), feat)
+
+    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.density_head(feat[:, :-1])
+        return self._raw(h, feat), h[:, 1:]
+
+    def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
+        h, rgb = self.network(feat, self.dir_to_ngp(d))
+        return FieldOutput(self._raw(h, feat), h[:, 1:], rgb)
+
+
+class IngpNativeField(NgpLikeHalves):
     def __init__(
         self,
         n_levels: int = 8,
@@ -148,24 +173,9 @@ class IngpNativeField(RadianceField):
         h, rgb = self.network(feat, d_ngp)
         return {"density": torch.exp(h[:, 0]), "rgb": rgb, "sampled": feat[:, -1] > 0}
 
-    # --- the RadianceField halves ---------------------------------------------------------------
-    def features(self, x: Tensor) -> Tensor:
-        return self.features_ngp(self.to_ngp(x))
-
-    def _raw(self, h: Tensor, feat: Tensor) -> Tensor:
-        return torch.where(feat[:, -1] > 0, h[:, 0] + self.raw_shift,
-                           torch.full_like(h[:, 0], EMPTY_RAW))
-
-    def density_raw(self, feat: Tensor) -> Tensor:
-        return self._raw(self.density_net(feat[:, :-1]), feat)
-
-    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.density_net(feat[:, :-1])
-        return self._raw(h, feat), h[:, 1:]
-
-    def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
-        h, rgb = self.network(feat, self.dir_to_ngp(d))
-        return FieldOutput(self._raw(h, feat), h[:, 1:], rgb)
+    def density_head(self, enc: Tensor) -> Tensor:
+        """The density network's outputs [M, 16] (raw density first) on grid features."""
+        return self.density_net(enc)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"features": list(self.encoding.parameters()),

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from pvdal.encodings.hashgrid import PRIMES
 from pvdal.encodings.sh import sh_basis
-from pvdal.fields.base import FieldOutput, RadianceField
-from pvdal.fields.ingp_native import CYCLE, EMPTY_RAW, GRID_SIZE
+from pvdal.fields.ingp_native import CYCLE, GRID_SIZE, NgpLikeHalves
 
 
 class TorchNgpGridEncoder(nn.Module):
@@ -94,7 +93,7 @@ def run(layers: nn.ModuleList, h: Tensor) -> Tensor:
     return h
 
 
-class TorchNgpNativeField(RadianceField):
+class TorchNgpNativeField(NgpLikeHalves):
     def __init__(
         self,
         offsets: list[int],
@@ -163,24 +162,9 @@ class TorchNgpNativeField(RadianceField):
         h, rgb = self.network(feat, d_ngp)
         return {"sigma": torch.exp(h[:, 0]), "rgb": rgb, "sampled": feat[:, -1] > 0}
 
-    # --- the RadianceField halves ---------------------------------------------------------------
-    def features(self, x: Tensor) -> Tensor:
-        return self.features_ngp(self.to_ngp(x))
-
-    def _raw(self, h: Tensor, feat: Tensor) -> Tensor:
-        return torch.where(feat[:, -1] > 0, h[:, 0] + self.raw_shift,
-                           torch.full_like(h[:, 0], EMPTY_RAW))
-
-    def density_raw(self, feat: Tensor) -> Tensor:
-        return self._raw(run(self.sigma_net, feat[:, :-1]), feat)
-
-    def volume_parts(self, feat: Tensor) -> tuple[Tensor, Tensor]:
-        h = run(self.sigma_net, feat[:, :-1])
-        return self._raw(h, feat), h[:, 1:]
-
-    def decode(self, feat: Tensor, d: Tensor) -> FieldOutput:
-        h, rgb = self.network(feat, self.dir_to_ngp(d))
-        return FieldOutput(self._raw(h, feat), h[:, 1:], rgb)
+    def density_head(self, enc: Tensor) -> Tensor:
+        """The sigma network's outputs [M, 16] (raw density first) on grid features."""
+        return run(self.sigma_net, enc)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"features": [self.encoder.embeddings],
