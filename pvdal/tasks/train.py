@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pvdal.io.checkpoint import data_config
 from pvdal.modules.clock import budget_seconds
 from pvdal.modules.field_module import FieldModule
 from pvdal.tasks.common import check_ranges, output_dir, resolve_ckpt_path, writable_output_dir
+from pvdal.utils.ddp import fresh_spawn_port
 from pvdal.utils.instantiate import build_trainer
 from pvdal.utils.presets import apply_preset
 from pvdal.viewer.live import live_callbacks
@@ -52,9 +54,11 @@ def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
     callbacks = [SaveLastCheckpoint(out / "checkpoints" / "last.ckpt"), *(extra_callbacks or [])]
     module.clock.budget_s = budget_seconds(cfg.trainer.get("max_time"))
     trainer = build_trainer(cfg, callbacks)
+    user_port = "MASTER_PORT" in os.environ
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    fresh_spawn_port(trainer, user_port)
     metrics_path = Path(out) / "metrics.json"
     module.metrics_path = str(metrics_path)
     trainer.test(module, datamodule=dm, verbose=False)

@@ -46,3 +46,19 @@ def rewrap_after_new_parameters(trainer) -> None:
     strategy.model = strategy.lightning_module
     strategy.configure_ddp()
     log.debug("ddp: re-wrapped the model after its parameters changed")
+
+
+def fresh_spawn_port(trainer, user_port: bool) -> None:
+    """Under ``ddp_spawn`` testing starts new processes: give them a new rendezvous port rather
+    than the one fit just closed (gloo can abort in a peer-name lookup on a reused one). Left
+    alone when the user set ``MASTER_PORT`` and for launchers whose processes outlive fit."""
+    import os
+
+    from lightning_fabric.plugins.environments.lightning import find_free_network_port
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if (user_port or trainer.world_size < 2 or env is None or not hasattr(env, "_main_port")
+            or getattr(trainer.strategy, "_start_method", None) != "spawn"):
+        return
+    os.environ["MASTER_PORT"] = str(find_free_network_port())
+    env._main_port = -1
