@@ -71,7 +71,16 @@ class NgpLikeHalves(RadianceField):
     """The RadianceField halves shared by instant-ngp's and torch-ngp's own fields: features in
     the tool's frame (last column: inside its box and grid), raw density shifted to pvdal units
     (``EMPTY_RAW`` outside), the density net's other 15 outputs as the colour feature. Needs
-    ``features_ngp``, ``to_ngp``, ``dir_to_ngp``, ``network``, ``density_head``, ``raw_shift``."""
+    ``features_ngp``, ``network``, ``density_head``, ``raw_shift``, ``world_scale``,
+    ``ngp_scale``, ``ngp_offset``."""
+
+    def to_ngp(self, x: Tensor) -> Tensor:
+        """pvdal field coordinates -> the tool's positions: NeRF axes cycled, scaled, offset."""
+        return (x * self.world_scale)[..., list(CYCLE)] * self.ngp_scale + self.ngp_offset
+
+    @staticmethod
+    def dir_to_ngp(d: Tensor) -> Tensor:
+        return d[..., list(CYCLE)]
 
     def features(self, x: Tensor) -> Tensor:
         return self.features_ngp(self.to_ngp(x))
@@ -136,14 +145,6 @@ class IngpNativeField(NgpLikeHalves):
         self.feature_dim = n_pos + 1  # + "sampled by instant-ngp" (aabb and bitfield)
 
     # --- instant-ngp's own computations --------------------------------------------------------
-    def to_ngp(self, x: Tensor) -> Tensor:
-        """pvdal field coordinates -> instant-ngp positions."""
-        return (x * self.world_scale)[..., list(CYCLE)] * self.ngp_scale + self.ngp_offset
-
-    @staticmethod
-    def dir_to_ngp(d: Tensor) -> Tensor:
-        return d[..., list(CYCLE)]
-
     def sampled(self, p: Tensor) -> Tensor:
         """Would instant-ngp sample ``p``: inside ``aabb`` and its bitfield's cell occupied at
         the cascade of ``p``."""

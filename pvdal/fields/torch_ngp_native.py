@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pvdal.encodings.hashgrid import PRIMES
 from pvdal.encodings.sh import sh_basis
-from pvdal.fields.ingp_native import CYCLE, GRID_SIZE, NgpLikeHalves
+from pvdal.fields.ingp_native import GRID_SIZE, NgpLikeHalves
 
 
 class TorchNgpGridEncoder(nn.Module):
@@ -127,13 +127,6 @@ class TorchNgpNativeField(NgpLikeHalves):
         self.color_feature_dim = int(sigma_widths[-1][0]) - 1
 
     # --- torch-ngp's own computations ----------------------------------------------------------
-    def to_ngp(self, x: Tensor) -> Tensor:
-        return (x * self.world_scale)[..., list(CYCLE)] * self.ngp_scale + self.ngp_offset
-
-    @staticmethod
-    def dir_to_ngp(d: Tensor) -> Tensor:
-        return d[..., list(CYCLE)]
-
     def sampled(self, p: Tensor) -> Tensor:
         """Would torch-ngp sample ``p``: inside ``aabb_infer`` and its bitfield occupied."""
         inside = ((p >= self.aabb[0]) & (p <= self.aabb[1])).all(dim=-1)
