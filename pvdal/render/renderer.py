@@ -55,10 +55,7 @@ def render_samples(
         samples = visible_samples(field, samples, early_stop_eps, clamp)
     feat = field.features(samples.positions)
     if early_stop_eps > 0.0 and not torch.is_grad_enabled() and len(samples):
-        _, trans = packed_weights(activate_density(field.density_raw(feat), clamp),
-                                  samples.starts, samples.ends, samples.ray_indices,
-                                  samples.n_rays)
-        keep = ~(trans < early_stop_eps)
+        keep = _visible(field, feat, samples, early_stop_eps, clamp)
         samples, feat = samples.keep(keep), feat[keep]
     out = field.decode(feat, samples.dirs)
     sigmas = activate_density(out.sigma_raw, clamp)
@@ -79,10 +76,16 @@ def visible_samples(
     if eps <= 0.0 or len(samples) == 0:
         return samples
     clamp = density_clamp if density_clamp is not None else field.density_clamp
-    raw = field.density_raw(field.features(samples.positions))
-    _, trans = packed_weights(activate_density(raw, clamp), samples.starts, samples.ends,
-                              samples.ray_indices, samples.n_rays)
-    return samples.keep(~(trans < eps))  # NaN stays: the NaN guard must see it
+    return samples.keep(_visible(field, field.features(samples.positions), samples, eps, clamp))
+
+
+def _visible(field: RadianceField, feat: Tensor, samples: Samples, eps: float,
+             clamp: tuple[float, float] | None) -> Tensor:
+    """[M] bool: transmittance in front of each sample (from the density of ``feat``) at least
+    ``eps``; a NaN stays, so the NaN guard sees a broken field."""
+    _, trans = packed_weights(activate_density(field.density_raw(feat), clamp), samples.starts,
+                              samples.ends, samples.ray_indices, samples.n_rays)
+    return ~(trans < eps)
 
 
 def render_rays(
