@@ -46,7 +46,9 @@ def view_level(frames: Frames, **kw) -> ViewLevel:
 
 
 def fake_run(epoch: int, logs: dict):
-    trainer = SimpleNamespace(current_epoch=epoch, datamodule=SimpleNamespace(train_frames=None))
+    dm = SimpleNamespace(train_frames=None)
+    dm.set_train_frames = lambda f: setattr(dm, "train_frames", f)
+    trainer = SimpleNamespace(current_epoch=epoch, datamodule=dm)
     module = SimpleNamespace(device=torch.device("cpu"),
                              log=lambda k, v, **_: logs.__setitem__(k, v))
     return trainer, module
@@ -262,7 +264,7 @@ class ViewOnly(pl.LightningModule):
         self.lin, self.al = torch.nn.Linear(3, 3), {"view": level}
 
     def training_step(self, batch, batch_idx):
-        batch = self.trainer.datamodule.ray_batch(self.global_step)  # as RadianceModule does
+        # the datamodule turned the loader's placeholder into this step's rays
         mse = (self.lin(batch["rays_d"]) - batch["rays_d"].abs()).square().mean(-1)
         skew = ((batch["cam"] % 2) == self.global_rank).float() * (1 + batch["cam"] % 3)
         self.al["view"].observe(batch["cam"], mse.detach() + skew)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -102,9 +103,11 @@ def test_every_pair_distills(teacher_arch, student, teachers, distill_cfg, tmp_p
     o, d = dm.data.image_rays(dm.data.test, 0)
     a = render_chunked(loaded.field, o, d, loaded.scene, loaded.grid, loaded.n_samples,
                        loaded.background)["rgb"]
-    b = render_chunked(loaded.field, o, d, loaded.scene, loaded.grid, loaded.n_samples,
-                       loaded.background)["rgb"]
-    assert torch.equal(a, b) and torch.isfinite(a).all()
+    # ... against what the run wrote: its test render of view 0 (8-bit PNG)
+    h, w = (int(v) for v in dm.data.test.hw[0])
+    png = torch.from_numpy(iio.imread(out / "test_images" / "000.png")).float()
+    diff = ((a.view(h, w, 3).clamp(0, 1) * 255 + 0.5).floor() - png[..., :3]).abs()
+    assert png.shape[:2] == (h, w) and diff.max() <= 1.0 and torch.isfinite(a).all()
     # the teacher stays bit-identical
     assert state_hash(load_field(teacher_path).field) == t_before
     # each stage's newly active losses fall on a fixed batch (no feature decay)
@@ -149,25 +152,28 @@ def test_density_clamp_applies_to_teacher_and_student(distill_cfg, tiny_teacher)
     assert m2.field.density_clamp is None
 
 
-def test_early_stop_drops_hidden_samples_not_the_target(distill_cfg, tiny_teacher):
+def test_early_stop_drops_hidden_samples_and_keeps_the_target(distill_cfg, tiny_teacher):
     o = torch.tensor([[0.0, 0.0, 2.8]]).repeat(64, 1)
     d = torch.nn.functional.normalize(torch.randn(64, 3) * 0.2 + torch.tensor([0, 0, -1.0]), dim=-1)
     passes = {}
-    for eps in (0.0, 0.99):  # 0.99: even the tiny teacher hides some samples
+    for eps in (0.0, 1e-3, 0.99):  # 0.99: even the tiny teacher hides some samples
         cfg = distill_cfg("ngp", [f"distill.early_stop_eps={eps}"])
         module = DistillModule(load_field(tiny_teacher), cfg.student, cfg.distill, cfg.render,
                                cfg.grid)
         module._teacher_to_device()
-        torch.manual_seed(0)  # the same jittered samples for both passes
+        torch.manual_seed(0)  # the same jittered samples for every pass
         passes[eps] = module.teacher_pass(o, d)
     (s_all, t_all), (s_kept, t_kept) = passes[0.0], passes[0.99]
-    assert torch.equal(t_kept.rgb, t_all.rgb)  # the target still composites every sample
+    # the target composites the kept samples: within eps of compositing every sample
+    assert (passes[1e-3][1].rgb - t_all.rgb).abs().max() <= 1e-3
+    assert (t_kept.rgb - t_all.rgb).abs().max() <= 0.99
     trans = render_weights(s_all.scatter(t_all.sigmas), s_all.deltas)[1][s_all.mask]
     visible = trans >= 0.99
     assert 0 < int(visible.sum()) < len(visible)
     assert torch.equal(s_kept.positions, s_all.positions[visible])
-    assert torch.equal(t_kept.field.sigma_raw, t_all.field.sigma_raw[visible])
-    assert torch.equal(t_kept.features, t_all.features[visible])
+    assert torch.allclose(t_kept.field.sigma_raw, t_all.field.sigma_raw[visible], atol=1e-5)
+    assert torch.allclose(t_kept.features, t_all.features[visible], atol=1e-6)
+    assert torch.allclose(t_kept.weights, t_all.weights[visible], atol=1e-6)
     assert int(s_kept.mask.sum()) == len(s_kept.positions)
     assert torch.equal(s_kept.ray_indices, s_all.ray_indices[visible])
 

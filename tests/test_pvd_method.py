@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
@@ -247,3 +248,50 @@ def test_volume_distill_with_decoder_transfer_runs_end_to_end(distill_cfg):
     assert not any(r.get("distill/loss_feat") for r in rows)
     loaded = load_field(out / "checkpoints" / "last.ckpt")  # the shared-decoder student reloads
     assert loaded.arch["field"]["decoder"] == "shared" and hasattr(loaded.field, "density_net")
+
+
+# --- random views ----------------------------------------------------------------------------
+class ViewRecorder(pl.Callback):
+    """Per epoch: the training poses the data holds and the largest camera index trained on."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, torch.Tensor] = {}
+        self.max_cam: dict[int, int] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        e = int(trainer.current_epoch)
+        self.frames[e] = trainer.datamodule.train_frames.c2w.clone()
+        self.max_cam[e] = max(self.max_cam.get(e, -1), int(batch["cam"].max()))
+
+
+def test_random_views_are_new_each_epoch_and_on_the_band(distill_cfg):
+    from pvdal.distill.random_views import build_random_views
+    from pvdal.tasks.train import build_datamodule
+
+    cfg = distill_cfg("ngp", ["al=none", "distill.random_views.ratio=0.5"])
+    dm = build_datamodule(cfg)
+    rv = build_random_views(cfg.distill.random_views, dm, False, 0)
+    real = dm.data.train.c2w
+    n = len(real)
+    assert rv.n_views == n  # 0.5: as many random poses as real ones
+    a, b = rv.draw(0), rv.draw(1)
+    assert torch.equal(a.c2w[:n], real) and len(a) == 2 * n
+    assert not torch.allclose(a.c2w[n:], b.c2w[n:])  # fresh each epoch ...
+    assert torch.equal(rv.draw(1).c2w, b.c2w)  # ... and the same on every rank / resume
+    assert bool(rv.band.contains(a.c2w[n:]).all() and rv.band.contains(b.c2w[n:]).all())
+    assert not bool((a.c2w[n:, None] - real[None]).abs().amax((-1, -2)).lt(1e-4).any())
+    only = build_random_views({"ratio": 1.0}, dm, False, 0)
+    assert len(only.draw(0)) == n and not only.include_real
+    assert build_random_views({"ratio": 0.0}, dm, False, 0) is None
+    assert build_random_views({"ratio": 0.5}, dm, True, 0) is None  # view AL draws them
+    with pytest.raises(ConfigError, match="distill.random_views.ratio"):
+        build_random_views({"ratio": 1.5}, dm, False, 0)
+
+    # a run trains on them: each epoch's data holds new poses, and batches reach them
+    rec = ViewRecorder()
+    distill.run(distill_cfg("ngp", ["al=none", "distill.random_views.ratio=0.5"]), [rec])
+    assert sorted(rec.frames) == [0, 1]  # 8 steps, 4 per epoch
+    f0, f1 = rec.frames[0], rec.frames[1]
+    assert torch.equal(f0[:n], real) and torch.equal(f1[:n], real)
+    assert not torch.allclose(f0[n:], f1[n:])
+    assert max(rec.max_cam.values()) >= n  # rays of random views were trained on

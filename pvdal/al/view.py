@@ -145,7 +145,8 @@ def schedule_epoch(trainer, pl_module) -> int:
 
 
 class ViewLevel(pl.Callback):
-    """Replaces ``trainer.datamodule.train_frames`` each AL epoch; ``observe`` accumulates."""
+    """Hands the datamodule each AL epoch's frames (``set_train_frames``); ``observe``
+    accumulates."""
 
     def __init__(self, band: CameraBand, real: Frames, mode: str = "pool",
                  include_real: bool = True, n_views: int = 100, warmup_epochs: int = 3,
@@ -243,7 +244,7 @@ class ViewLevel(pl.Callback):
             self.counts = torch.zeros(n, dtype=torch.float64, device=pl_module.device)
             self.epoch = e
         self.sums, self.counts = self.sums.to(pl_module.device), self.counts.to(pl_module.device)
-        trainer.datamodule.train_frames = self.frames
+        trainer.datamodule.set_train_frames(self.frames)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.sums is None or self.epoch != int(trainer.current_epoch):
@@ -262,7 +263,7 @@ class ViewLevel(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.datamodule is not None and trainer.datamodule.data is not None:
-            trainer.datamodule.train_frames = trainer.datamodule.data.train
+            trainer.datamodule.set_train_frames(None)
 
     def state_dict(self) -> dict:
         """The pool, and the current epoch's views and sums (a mid-epoch resume keeps them)."""

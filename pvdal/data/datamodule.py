@@ -1,9 +1,12 @@
 """LightningDataModule: shuffled ray batches for training, whole images for val/test.
 
-A training batch is a pure function of (seed, global step): the loader only paces the steps
-and the module asks ``RayDataModule.ray_batch(step)`` for the rays. So a resumed run (even from
-a mid-epoch checkpoint, where Lightning restarts the loader) sees exactly the batches of an
-uninterrupted one, whatever the loader prefetches. ``data.batch_size`` is the global batch:
+A training batch is a pure function of (seed, global step): the loader yields one placeholder
+per step and ``transfer_batch_to_device`` turns it into that step's ray batch, built directly on
+the module's device (``RayDataModule.ray_batch(step)``). So a resumed run (even from a mid-epoch
+checkpoint, where Lightning restarts the loader) sees exactly the batches of an uninterrupted
+one, whatever the loader prefetches, and no rays are built on the host to be copied. Active
+learning and random views hand the data new poses (``set_train_frames``) and replayed rays
+(``set_replay``) through explicit methods. ``data.batch_size`` is the global batch:
 under DDP every rank draws the same global batch and keeps its own disjoint slice of
 ``batch_size / world_size`` rays (``use_distributed_sampler=False`` in the trainer), so a
 one-process and an N-process run see the same rays per step and, with DDP averaging the ranks'
@@ -132,8 +135,9 @@ class RayDataModule(pl.LightningDataModule):
         self.loader, self.batch_size, self.steps = loader, batch_size, steps_per_epoch
         self.seed, self.val_images = seed, val_images
         self.data: SceneData | None = None
-        self.train_frames: Frames | None = None  # replaced by view-level active learning
+        self.train_frames: Frames | None = None  # set_train_frames: AL / random views
         self._train_rays: TrainRays | None = None
+        self._replay = None  # set_replay: appends rays to each batch (ray-level AL)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
@@ -149,10 +153,42 @@ class RayDataModule(pl.LightningDataModule):
                                          self._train_frames)
         return self._train_rays
 
+    # --- what training hands the data ------------------------------------------------------
+    def set_train_frames(self, frames: Frames | None) -> None:
+        """Train on ``frames`` (poses only are enough: distillation's targets come from the
+        teacher) from the next batch on; None goes back to the real training frames."""
+        self.train_frames = self.data.train if frames is None else frames
+
+    def set_replay(self, replay) -> None:
+        """``replay.augment(rays_o, rays_d) -> (rays_o, rays_d)`` extends every training batch
+        (ray-level AL appends hard rays; ``n_real`` in the batch counts the drawn ones)."""
+        self._replay = replay
+
+    def set_batch_size(self, n: int) -> None:
+        """Rays per step from the next batch on (``render.target_samples`` adapts it)."""
+        self.train_rays().batch_size = int(n)
+
+    @property
+    def rays_per_batch(self) -> int:
+        return self.train_rays().batch_size
+
+    # --- batches ----------------------------------------------------------------------------
     def ray_batch(self, step: int, device: torch.device | str | None = None
                   ) -> dict[str, Tensor]:
-        """The training batch of global step ``step`` (this rank's slice), on ``device``."""
-        return self.train_rays().batch(step, device)
+        """The training batch of global step ``step`` (this rank's slice), on ``device``, with
+        the replayed rays (if any) appended after the ``n_real`` drawn ones."""
+        out = self.train_rays().batch(step, device)
+        if self._replay is not None:
+            n = out["rays_o"].shape[0]
+            out["rays_o"], out["rays_d"] = self._replay.augment(out["rays_o"], out["rays_d"])
+            out["n_real"] = torch.tensor(n)
+        return out
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A training placeholder becomes the ray batch of the trainer's current step."""
+        if isinstance(batch, dict) and "slot" in batch and self.trainer is not None:
+            return self.ray_batch(self.trainer.global_step, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # Each loader has its own generator: creating an iterator would otherwise draw a seed from
     # the global RNG, so a resumed run (new iterators) would drift from an uninterrupted one.

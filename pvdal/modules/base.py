@@ -219,14 +219,6 @@ class RadianceModule(pl.LightningModule):
         """Trainable parameters outside the field (e.g. distillation's feature projection)."""
         return []
 
-    def ray_batch(self, batch: dict) -> dict:
-        """Rays of this step: drawn from the datamodule by global step (see datamodule.py);
-        a batch that already holds rays (direct calls in tests) is used as it is."""
-        if "rays_o" in batch:
-            return batch
-        rays = self.trainer.datamodule.ray_batch(self.global_step, self.device)
-        return {k: v.to(self.device) for k, v in rays.items()}
-
     def log_step(self) -> bool:
         """Whether this training step's values reach the logger (every ``log_every_n_steps``).
 
@@ -364,7 +356,7 @@ class RadianceModule(pl.LightningModule):
         checkpoint["rng"] = torch.get_rng_state()
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if self.render_cfg.get("target_samples") and dm is not None and dm.data is not None:
-            checkpoint["ray_batch_size"] = dm.train_rays().batch_size
+            checkpoint["ray_batch_size"] = dm.rays_per_batch
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get(KEY, {})
@@ -390,7 +382,7 @@ class RadianceModule(pl.LightningModule):
         the configured ``data.batch_size``. Off (null) on the CPU presets."""
         target = self.render_cfg.get("target_samples")
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if not target or dm is None or not hasattr(dm, "train_rays"):
+        if not target or dm is None or not hasattr(dm, "set_batch_size"):
             return
         world = self.trainer.world_size
         counts = torch.tensor([float(n_samples), float(n_rays)], device=self.device)
@@ -398,15 +390,15 @@ class RadianceModule(pl.LightningModule):
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         per_ray = max(float(counts[0]) / max(float(counts[1]), 1.0), 1e-3)
         new = int(min(max(int(target) / per_ray, world), 16 * int(dm.batch_size)))
-        dm.train_rays().batch_size = new
+        dm.set_batch_size(new)
         self.log("train/rays_per_batch", float(new), batch_size=1)
 
     def on_train_start(self) -> None:
         self.clock.start()
         size = getattr(self, "_resume_batch", None)
         dm = getattr(self.trainer, "datamodule", None)
-        if size is not None and dm is not None and hasattr(dm, "train_rays"):
-            dm.train_rays().batch_size = int(size)  # an adapted batch continues as it was
+        if size is not None and dm is not None and hasattr(dm, "set_batch_size"):
+            dm.set_batch_size(int(size))  # an adapted batch continues as it was
         rng = getattr(self, "_resume_rng", None)
         if rng is not None:  # exact resume: jitter and occupancy sampling continue alike
             torch.set_rng_state(rng)

@@ -18,13 +18,12 @@ from pvdal.distill.decoder_init import freeze_decoder, transfer_decoder
 from pvdal.distill.losses import clamp_raw, match_loss, per_ray_error, psnr_from_mse
 from pvdal.distill.recipe import check_options, student_optim
 from pvdal.distill.stages import StageSchedule
-from pvdal.fields.activation import activate_density
-from pvdal.fields.base import FieldOutput, volume_from
+from pvdal.fields.base import volume_from
 from pvdal.io.checkpoint import LoadedField
 from pvdal.modules.base import RadianceModule, as_dict
 from pvdal.render.march import Samples, march_rays
 from pvdal.render.occupancy import OccupancyGrid
-from pvdal.render.renderer import RenderOutput, composite_samples
+from pvdal.render.renderer import RenderOutput, composite_output, render_samples
 
 log = logging.getLogger("pvdal")
 
@@ -131,40 +130,28 @@ class DistillModule(RadianceModule):
     @torch.no_grad()
     def teacher_pass(self, rays_o: Tensor, rays_d: Tensor,
                      background: Tensor | None = None) -> tuple[Samples, RenderOutput]:
-        """The teacher's samples and render. With ``early_stop_eps`` > 0 the returned samples
-        (and per-sample outputs) leave out those behind the teacher's surfaces (transmittance
-        below eps, as nerfacc's early stop): they cannot change the rendered colour, and on an
-        object they are about half of all samples (ngp->mlp: ~1.2x more student steps a second)."""
+        """The teacher's samples and render: the renderer's one path (march -> field -> clamp
+        -> composite). With ``early_stop_eps`` > 0 the samples behind the teacher's surfaces
+        (transmittance below eps, as nerfacc's early stop) are dropped after its density pass:
+        they cannot change a pixel by more than eps, so neither the teacher's colour nor the
+        student is evaluated there (on an object about half of all samples). The returned
+        ``sigma_raw`` is clamped: the density range constraint is the target's range."""
         T = self.teacher
         samples = march_rays(rays_o, rays_d, T.scene, T.grid, T.n_samples, perturb=True)
-        feat = T.field.features(samples.positions)
-        out = T.field.decode(feat, samples.dirs)
-        out.sigma_raw = clamp_raw(out.sigma_raw, self.clamp)
-        sig = activate_density(out.sigma_raw)
         bg = self.background if background is None else background
-        res, w, trans = composite_samples(samples, sig, out.rgb, bg)
-        if self.early_stop_eps > 0.0:  # the target above used every sample; the student skips
-            keep = trans >= self.early_stop_eps  # the hidden ones
-            samples = samples.keep(keep)
-            out = FieldOutput(out.sigma_raw[keep],
-                              None if out.color_feat is None else out.color_feat[keep],
-                              out.rgb[keep])
-            feat, sig, w, trans = feat[keep], sig[keep], w[keep], trans[keep]
-        return samples, RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out,
-                                     feat, sig, trans)
+        t = render_samples(T.field, samples, bg, self.clamp, self.early_stop_eps)
+        t.field.sigma_raw = clamp_raw(t.field.sigma_raw, self.clamp)
+        return t.samples, t
 
     def training_step(self, batch, batch_idx):
-        batch = self.ray_batch(batch)
         step = self.schedule_step  # paced by steps or by budget
         stage = self.schedule.stage(step)
-        rays_o, rays_d = batch["rays_o"], batch["rays_d"]
-        ray_al = self.al.get("ray")
-        if ray_al is not None:
-            rays_o, rays_d = ray_al.augment(rays_o, rays_d)
-        # a random background per ray (as in training) makes empty space match exactly
+        rays_o, rays_d = batch["rays_o"], batch["rays_d"]  # + replayed hard rays (ray AL)
+        # targets: a random background per ray (as in training) makes empty space match exactly
         bg = (torch.rand_like(rays_o) if self.render_cfg.get("random_background", True)
               else self.background)
         samples, t = self.teacher_pass(rays_o, rays_d, bg)
+        # losses
         losses, s_rgb, point_mask = self.stage_losses(stage, step, samples, t, bg)
         loss = sum(losses.values())
         reg = self.field.regularizer(samples.positions)
@@ -184,18 +171,24 @@ class DistillModule(RadianceModule):
             self.adapt_batch(len(samples), n)
             if point_mask is not None:
                 self.log("al/point_kept", point_mask.float().mean(), batch_size=1)
+        # feedback: the per-ray and per-view errors rank the hard rays and views
         if s_rgb is not None:
-            err = per_ray_error(s_rgb.detach(), t.rgb)
-            if write_logs:
-                mse = (s_rgb.detach() - t.rgb).square().mean()
-                self.log("train/psnr", psnr_from_mse(mse), prog_bar=True, batch_size=n)
-            if ray_al is not None:
-                ray_al.observe(rays_o, rays_d, err)
-            view_al = self.al.get("view")
-            if view_al is not None and "cam" in batch:
-                m = batch["cam"].shape[0]
-                view_al.observe(batch["cam"], (s_rgb[:m].detach() - t.rgb[:m]).square().mean(-1))
+            self.feedback(batch, s_rgb.detach(), t.rgb, write_logs)
         return loss
+
+    def feedback(self, batch: dict, s_rgb: Tensor, t_rgb: Tensor, write_logs: bool) -> None:
+        """Hand the step's student-vs-teacher errors to the AL levels (stage 3)."""
+        if write_logs:
+            n = s_rgb.shape[0]
+            self.log("train/psnr", psnr_from_mse((s_rgb - t_rgb).square().mean()),
+                     prog_bar=True, batch_size=n)
+        ray_al = self.al.get("ray")
+        if ray_al is not None:
+            ray_al.observe(batch["rays_o"], batch["rays_d"], per_ray_error(s_rgb, t_rgb))
+        view_al = self.al.get("view")
+        if view_al is not None and "cam" in batch:
+            m = batch["cam"].shape[0]  # the drawn rays come first
+            view_al.observe(batch["cam"], (s_rgb[:m] - t_rgb[:m]).square().mean(-1))
 
     def stage_losses(self, stage: int, step: int, samples: Samples, t: RenderOutput,
                      bg: Tensor) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
@@ -213,9 +206,7 @@ class DistillModule(RadianceModule):
         if stage >= 2:
             s_out = self.field.decode(s_feat, samples.dirs)
             if stage == 3:
-                s_raw = clamp_raw(s_out.sigma_raw, self.clamp)
-                s_res, s_w, _ = composite_samples(samples, activate_density(s_raw), s_out.rgb,
-                                                  bg)
+                s_res, s_w, _, _ = composite_output(samples, s_out, bg, self.clamp)
                 s_rgb = s_res["rgb"]
                 point_al = self.al.get("point")
                 if point_al is not None:

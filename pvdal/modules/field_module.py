@@ -42,7 +42,6 @@ class FieldModule(RadianceModule):
         self._early_stop_pays = bool(checkpoint.get("early_stop_pays", False))
 
     def training_step(self, batch, batch_idx):
-        batch = self.ray_batch(batch)
         bg, target = self.background, batch["rgb"]
         if self.random_background and "alpha" in batch:
             # re-composite the ground truth on a random colour per ray (instant-ngp): empty

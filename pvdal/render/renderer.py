@@ -40,6 +40,17 @@ def composite_samples(
     return res, w, trans
 
 
+def composite_output(
+    samples: Samples, out: FieldOutput, background: Tensor,
+    density_clamp: tuple[float, float] | None = None,
+) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    """Clamp -> activate -> composite a field's per-sample output ``out`` ([M, ...]):
+    (pixels, weights [M], trans [M], densities [M])."""
+    sigmas = activate_density(out.sigma_raw, density_clamp)
+    res, w, trans = composite_samples(samples, sigmas, out.rgb, background)
+    return res, w, trans, sigmas
+
+
 def render_samples(
     field: RadianceField, samples: Samples, background: Tensor,
     density_clamp: tuple[float, float] | None = None, early_stop_eps: float = 0.0,
@@ -58,8 +69,7 @@ def render_samples(
         keep = _visible(field, feat, samples, early_stop_eps, clamp)
         samples, feat = samples.keep(keep), feat[keep]
     out = field.decode(feat, samples.dirs)
-    sigmas = activate_density(out.sigma_raw, clamp)
-    res, w, trans = composite_samples(samples, sigmas, out.rgb, background)
+    res, w, trans, sigmas = composite_output(samples, out, background, clamp)
     return RenderOutput(res["rgb"], res["opacity"], res["depth"], w, samples, out, feat,
                         sigmas, trans, n_marched)
 

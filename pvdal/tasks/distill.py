@@ -8,6 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from pvdal.distill.random_views import build_random_views
 from pvdal.distill.teacher import resolve_teacher
 from pvdal.io.checkpoint import data_config
 from pvdal.modules.distill_module import DistillModule
@@ -53,6 +54,12 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict:
                     "(%s): its field and these cameras do not line up", teacher.world.to_dict(),
                     dm.data.world.to_dict())
     levels, callbacks = build_al(cfg, dm, teacher)
+    if "ray" in levels:  # the hard rays join each batch in the data (before the teacher pass)
+        dm.set_replay(levels["ray"])
+    views = build_random_views(cfg.distill.get("random_views"), dm, "view" in levels,
+                               int(cfg.seed))
+    if views is not None:
+        callbacks = [*callbacks, views]
     module = DistillModule(teacher, cfg.student, cfg.distill, cfg.render, cfg.grid, str(out),
                            schedule_steps(cfg), data_config(cfg.data, dm.data.world), levels,
                            cfg.get("nan_policy", "stop"))
