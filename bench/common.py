@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,13 +72,21 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
     return None
 
 
-def previous_rows(name: str, key: str) -> dict[str, dict]:
-    """Rows of an earlier ``bench/results/<name>.json`` by ``key`` ({} when there is none)."""
-    path = RESULTS / f"{name}.json"
-    return {r[key]: r for r in json.loads(path.read_text())} if path.exists() else {}
+def previous_rows(name: str, key: str | tuple[str, ...],
+                  results: Path | None = None) -> dict:
+    """Rows of an earlier ``bench/results/<name>.json`` by ``key`` (a tuple of keys: by the
+    tuple of their values); {} when there is none."""
+    path = (results or RESULTS) / f"{name}.json"
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())
+    if isinstance(key, tuple):
+        return {tuple(r.get(k) for k in key): r for r in rows}
+    return {r[key]: r for r in rows}
 
 
-def write_results(name: str, rows: list | dict, table: str) -> None:
+def write_results(name: str, rows: list | dict, table: str,
+                  results: Path | None = None) -> None:
     """Write ``bench/results/<name>.json`` (+ ``.md``). Every row (or the one result) records
     what made it (``provenance``: commit, command line, torch); rows merged from an earlier
     file keep their own."""
@@ -85,9 +94,10 @@ def write_results(name: str, rows: list | dict, table: str) -> None:
     for row in rows if isinstance(rows, list) else [rows]:
         if isinstance(row, dict):
             row.setdefault("provenance", prov)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", rows)
-    (RESULTS / f"{name}.md").write_text(table + "\n")
+    results = results or RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(results / f"{name}.json", rows)
+    (results / f"{name}.md").write_text(table + "\n")
     print(table)
 
 
@@ -123,3 +133,141 @@ def provenance() -> dict:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=2)
+
+
+# --- budget-filling runs and shared teachers (bench/matrix.py, bench/ablation.py) -------------
+
+TEACHERS = ROOT / "outputs" / "bench_teachers"
+
+
+class BudgetPacedEval(WallClockEval):
+    """``WallClockEval`` whose run fills its budget exactly: the module's schedule clock reads
+    the same training-only time as the curve (evaluation and validation excluded) and is paced
+    by that time alone, so every schedule (LR decay, stages, upsampling, AL warm-ups, laid out
+    over the config's ``max_steps``) ends at the budget; neither the step count nor Lightning's
+    ``max_steps`` ends the run before it."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        clock = pl_module.clock
+        tick = clock.tick
+        clock.tick = lambda done, sync=None: tick(0, sync)  # p = elapsed / budget only
+        trainer.fit_loop.epoch_loop.max_steps = -1  # the budget ends the run
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        pl_module.clock.set_state(elapsed=self._elapsed)
+        pl_module.clock.start()  # the clock counts on from the curve's training time
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if pl_module.clock.complete:
+            trainer.should_stop = True
+
+
+def budget_run(task: str, overrides: list[str], out_dir: Path, budget: float,
+               n_points: int = 10) -> dict:
+    """Run ``train`` or ``distill`` whose schedule is stretched (or squeezed) to exactly
+    ``budget`` seconds of training time (``trainer.max_time=budget``, paced by time only; the
+    config's ``max_steps`` stays the length the schedule is laid out over). Returns the curve
+    (``n_points`` evenly spaced), ``result`` (metrics.json), ``time_s`` (training time) and
+    ``settings`` (overrides, batch size, max_steps, steps done)."""
+    from pvdal.tasks import distill, train
+
+    cfg = compose_cfg(task, out_dir, [*overrides, f"trainer.max_time={float(budget)}",
+                                      "callbacks.rich_progress_bar=null",
+                                      "trainer.enable_progress_bar=false"])
+    cb = BudgetPacedEval(checkpoints(budget, n_points))
+    result = (train.run if task == "train" else distill.run)(cfg, [cb])
+    settings = {"task": task, "overrides": list(overrides), "budget_s": budget,
+                "batch_size": int(cfg.data.batch_size), "max_steps": int(cfg.trainer.max_steps),
+                "steps": cb.rows[-1]["step"] if cb.rows else None}
+    return {"curve": cb.rows, "result": result, "time_s": cb._elapsed, "settings": settings,
+            "psnr": cb.rows[-1]["psnr"] if cb.rows else result.get("psnr")}
+
+
+def resolve_teacher(arch: str, teachers_dir: Path, budget: float, overrides: list[str]) -> dict:
+    """The ``arch`` teacher: ``<teachers_dir>/<arch>/checkpoints/last.ckpt`` when it exists,
+    else trained there once (train.py defaults, its schedule filling ``budget`` seconds).
+    Returns ckpt, psnr, time_s (training time, measured when it was trained)."""
+    out = teachers_dir / arch
+    ckpt, info = out / "checkpoints" / "last.ckpt", out / "bench_teacher.json"
+    if not ckpt.is_file():
+        run = budget_run("train", [f"arch={arch}", *overrides], out, budget, 2)
+        info.write_text(dump({"psnr": run["psnr"], "time_s": run["time_s"],
+                              "settings": run["settings"]}))
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        if meta["settings"]["overrides"] != [f"arch={arch}", *overrides]:
+            print(f"note: reusing {ckpt}, trained with {meta['settings']['overrides']}")
+    else:  # a train.py run put there by hand
+        m = json.loads((out / "metrics.json").read_text())
+        meta = {"psnr": m["psnr"], "time_s": m["train_time_s"]}
+    return {"ckpt": str(ckpt), "psnr": meta["psnr"], "time_s": meta["time_s"]}
+
+
+def scratch_run(arch: str, teachers_dir: Path, budget: float, overrides: list[str],
+                n_points: int = 10) -> dict:
+    """``arch`` trained from scratch with its schedule filling ``budget``; cached under
+    ``<teachers_dir>/scratch/`` by arch, budget and overrides (matrix and ablation share it)."""
+    import hashlib
+
+    ov = [f"arch={arch}", *overrides]
+    key = hashlib.sha256(dump([ov, budget, n_points]).encode()).hexdigest()[:10]
+    path = teachers_dir / "scratch" / f"{arch}-{budget:g}s-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="pvdal-scratch-") as tmp:
+        run = budget_run("train", ov, Path(tmp), budget, n_points)
+    out = {k: run[k] for k in ("curve", "psnr", "time_s", "settings")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump(out))
+    return out
+
+
+def student_run(teacher_arch: str, teacher: dict, student: str, budget: float,
+                overrides: list[str], n_points: int = 10) -> dict:
+    """Distil ``teacher`` into ``student`` with the schedule filling ``budget`` seconds."""
+    with tempfile.TemporaryDirectory(prefix="pvdal-student-") as tmp:
+        return budget_run("distill", [f"teacher={teacher_arch}", f"teacher.ckpt={teacher['ckpt']}",
+                                      f"student={student}", *overrides], Path(tmp), budget,
+                          n_points)
+
+
+def compare_row(teacher: dict, scratch: dict, student: dict) -> dict:
+    """The numbers both benchmarks report for a student against its scratch run and teacher:
+    final PSNRs, the student's time to scratch's final PSNR and the speedup (scratch's time to
+    its own final PSNR / the student's; None when the student never gets there)."""
+    target = scratch["psnr"]
+    reach = time_to_reach(student["curve"], target)
+    own = time_to_reach(scratch["curve"], target) or scratch["time_s"]
+    return {"teacher_psnr": teacher["psnr"], "student_psnr": student["psnr"],
+            "scratch_psnr": target,
+            "student_vs_teacher_psnr": student["result"].get("student_vs_teacher_psnr"),
+            "time_to_scratch_s": reach, "speedup": own / reach if reach else None,
+            "student_time_s": student["time_s"], "teacher_time_s": teacher["time_s"],
+            "settings": student["settings"]}
+
+
+def try_compose(task: str, overrides: list[str]) -> str | None:
+    """None when ``overrides`` compose, else why not (a key that does not exist yet, ...)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            compose_cfg(task, Path(tmp), overrides)
+    except Exception as e:  # noqa: BLE001 - hydra raises several kinds
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    return None
+
+
+def bench_args(ap, pairs: str, budget: float) -> None:
+    """The options bench/matrix.py and bench/ablation.py share."""
+    ap.add_argument("--pairs", default=pairs, help="teacher2student,...")
+    ap.add_argument("--budget", type=float, default=budget,
+                    help="seconds of training for each scratch and student run")
+    ap.add_argument("--teacher-budget", type=float, default=300.0,
+                    help="seconds for a teacher not yet in --teachers-dir")
+    ap.add_argument("--teachers-dir", type=Path, default=TEACHERS,
+                    help="<dir>/<arch>/checkpoints/last.ckpt: reused, or trained there")
+    ap.add_argument("--points", type=int, default=10, help="curve points per run")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS)
+    ap.add_argument("--merge", action="store_true", help="keep the rows of runs not redone")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
