@@ -179,3 +179,20 @@ def test_checkpoint_without_clock_resumes_step_paced(tiny_cfg):
     train.run(resumed, [rec])
     assert rec.steps[0] == (6, 6) and all(g == s for g, s in rec.steps)
     assert metrics(resumed)["steps"] == 10 and metrics(resumed)["schedule_complete"]
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_lr_upsample_reset_restarts_the_decay_at_each_upsample(reset, tiny_cfg, fake_time):
+    """TensoRF's lr_upsample_reset: after the upsample at step 5 of 12 the decay starts again
+    from the full rate, so it ends at lr * 0.1 ** (7 / 12) instead of lr * 0.1."""
+    cfg = tiny_cfg("train", ["trainer.max_steps=12", "arch.tiny.upsample_steps=[5]",
+                             "arch.tiny.shrink_steps=[100]", "arch.lr_decay=0.1",
+                             f"arch.lr_upsample_reset={str(reset).lower()}"], arch="tensorf")
+    train.run(cfg, [fake_time])
+    final = fake_time.final
+    assert final["stage"] == 1
+    want = 0.1 ** (7 / 12) if reset else 0.1
+    assert final["lr"] == pytest.approx([want * lr for lr in final["initial_lr"]], rel=1e-6)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+                      weights_only=False)
+    assert ckpt["lr_reset_at"] == pytest.approx(5 / 12 if reset else 0.0)

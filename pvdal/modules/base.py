@@ -87,6 +87,7 @@ class RadianceModule(pl.LightningModule):
         self.step_size = default_step_size(self.n_samples)
         self._test_rows: list[dict] = []
         self.metrics_path: str | None = None  # set by the task; written at test end (rank 0)
+        self.lr_reset_at = 0.0  # progress where the LR schedule last restarted (lr_schedule.py)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -98,7 +99,8 @@ class RadianceModule(pl.LightningModule):
         opt = safe_eps(instantiate(self.arch["optimizer"])(params))  # eps fits the dtype
         # exp or cosine over the schedule (steps or budget), see lr_schedule.py
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_factors(self.arch, opt, lambda: self.clock.progress))
+            opt, lr_factors(self.arch, opt, lambda: self.clock.progress,
+                            lambda: self.lr_reset_at))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @property
@@ -235,6 +237,8 @@ class RadianceModule(pl.LightningModule):
         step = self.global_step
         prev, sched = self.clock.hook_steps()
         if self.field.on_step(sched, self.grid, prev):  # new Parameters: DDP and optimizer
+            if self.arch.get("lr_upsample_reset"):  # the schedule restarts at the full rate
+                self.lr_reset_at = self.clock.progress
             rewrap_after_new_parameters(self.trainer)
             self.trainer.strategy.setup_optimizers(self.trainer)
         if self.grid.should_update(step):
@@ -354,6 +358,7 @@ class RadianceModule(pl.LightningModule):
                                          prefix, gprefix)
         checkpoint[KEY]["data"] = self.data_cfg
         checkpoint["rng"] = torch.get_rng_state()
+        checkpoint["lr_reset_at"] = self.lr_reset_at
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if self.render_cfg.get("target_samples") and dm is not None and dm.data is not None:
             checkpoint["ray_batch_size"] = dm.rays_per_batch
@@ -367,6 +372,7 @@ class RadianceModule(pl.LightningModule):
                                                  step, step], dtype=torch.float64)
         self.field.prepare_load(meta.get("field_extra", {}))
         self._resume_rng = checkpoint.get("rng")  # applied when training starts
+        self.lr_reset_at = float(checkpoint.get("lr_reset_at", 0.0))
         self._resume_batch = checkpoint.get("ray_batch_size")
 
     def on_train_end(self) -> None:
