@@ -114,7 +114,7 @@ def test_every_pair_distills(teacher_arch, student, teachers, distill_cfg, tmp_p
     teacher = load_field(teacher_path)
     before = state_hash(teacher.field)
     point = ["distill.stages.feat_end=0", "distill.stages.point_end=1000"]
-    stages = {"1": (["distill.stages.feat_end=1000", "distill.stages.point_end=1000"], ["feat"]),
+    stages = {"1": (["distill.stages.feat_end=1000", "distill.stages.point_end=1000"], ["volume"]),
               # each point loss under its own gradient (together, the larger one dominates)
               "2": ([*point, "distill.weights.color=0.0", "distill.weights.feat=0.0"],
                     ["sigma"]),

@@ -19,7 +19,7 @@ def test_wandb_offline_tensorboard_and_csv(distill_cfg, monkeypatch):
     # the offline record stream (protobuf, strings stored as-is) holds the keys, the run name,
     # the group-less run's config and the final summary; panels land as PNG media files
     record = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for key in ("train/loss", "distill/loss_rgb", "distill/loss_feat", "distill/loss_sigma",
+    for key in ("train/loss", "distill/loss_rgb", "distill/loss_volume", "distill/loss_sigma",
                 "val/psnr", "val/psnr_vs_teacher", "final/student/psnr",
                 "final/student_vs_teacher_psnr", "ngp2ngp-ray", "teacher_sha256"):
         assert key.encode() in record, key
