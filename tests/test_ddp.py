@@ -141,3 +141,27 @@ def test_global_batch_smaller_than_the_world_is_one_config_error(tiny_cfg, monke
         dm.ray_batch(0)
     monkeypatch.setattr(datamodule, "_rank_world", lambda: (1, 2))
     assert dm.ray_batch(0)["rays_o"].shape[0] == 2  # rank 1's slice [1:3] of the global 3
+
+
+class AbortOnce(pl.Callback):
+    """Rank 1 aborts at its first test start, as gloo sometimes makes a spawned process do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        import os
+
+        if trainer.global_rank == 1 and not Path(self.marker).exists():
+            Path(self.marker).write_text("aborted")
+            os.abort()
+
+
+def test_ddp_test_phase_survives_one_aborted_spawn(tiny_cfg, tmp_path, caplog):
+    marker = tmp_path / "aborted"
+    cfg = tiny_cfg("train", ["trainer=ddp_sim", "trainer.max_steps=4", "data.steps_per_epoch=4"])
+    with caplog.at_level("WARNING", logger="pvdal"):
+        result = train.run(cfg, [AbortOnce(str(marker))])
+    assert marker.read_text() == "aborted"  # the first test launch did abort
+    assert any("testing again on a fresh port" in r.getMessage() for r in caplog.records)
+    assert result["steps"] == 4 and result["psnr"] > 0

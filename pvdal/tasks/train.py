@@ -11,6 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch.multiprocessing import ProcessExitedException
 
 from pvdal.callbacks.save_last import SaveLastCheckpoint
 from pvdal.data.datamodule import RayDataModule
@@ -58,10 +59,20 @@ def fit_and_test(cfg: DictConfig, module: pl.LightningModule, dm: RayDataModule,
     t0, c0 = time.perf_counter(), time.process_time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    fresh_spawn_port(trainer, user_port)
     metrics_path = Path(out) / "metrics.json"
     module.metrics_path = str(metrics_path)
-    trainer.test(module, datamodule=dm, verbose=False)
+    for attempt in (1, 2):
+        fresh_spawn_port(trainer, user_port)
+        try:
+            trainer.test(module, datamodule=dm, verbose=False)
+            break
+        except ProcessExitedException as e:
+            # gloo can abort a freshly spawned process ('terminate called without an active
+            # exception'); testing only renders and rewrites metrics.json, so it is retried once
+            if attempt == 2 or getattr(e, "signal_name", None) != "SIGABRT":
+                raise
+            log.warning("testing: a spawned process aborted (%s); testing again on a fresh "
+                        "port", e)
     result = json.loads(metrics_path.read_text())
     result["train_time_s"] = train_time
     result["train_cpu_s"] = train_cpu  # CPU seconds of this process: comparable under load
