@@ -133,6 +133,18 @@ class CameraBand:
         return out.float()
 
 
+def with_drawn_views(real: Frames, include_real: bool, c2w: Tensor, intrinsics: Tensor,
+                     hw: Tensor) -> Frames:
+    """Pose-only frames: the real ones (if ``include_real``), then the drawn ``c2w`` [n, 3, 4]
+    with their ``intrinsics`` [n, 4] and ``hw`` [n, 2] (drawn views are undistorted)."""
+    r = real if include_real else real.subset([])
+    dist = None
+    if r.distortion is not None:
+        dist = torch.cat([r.distortion, torch.zeros(c2w.shape[0], 4)])
+    return Frames(torch.cat([r.c2w, c2w]), torch.cat([r.intrinsics, intrinsics]),
+                  torch.cat([r.hw, hw]), None, dist)
+
+
 def schedule_epoch(trainer, pl_module) -> int:
     """The epoch of the run's schedule (data.steps_per_epoch schedule steps each): the real
     epoch unless a time budget paces the run (modules/clock.py), so warm-ups scale with it."""
@@ -195,13 +207,9 @@ class ViewLevel(pl.Callback):
         intr = torch.cat([self.pool["intrinsics"][parent], self.real.intrinsics[src]])
         hw = torch.cat([self.pool["hw"][parent], self.real.hw[src]])
         parent = torch.cat([parent, torch.full((len(src),), -1, dtype=torch.long)])
-        r = self.real if self.include_real else self.real.subset([])
-        dist = None
-        if r.distortion is not None:
-            dist = torch.cat([r.distortion, torch.zeros(self.n_views, 4)])
-        frames = Frames(torch.cat([r.c2w, c2w]), torch.cat([r.intrinsics, intr]),
-                        torch.cat([r.hw, hw]), None, dist)
-        return frames, torch.cat([torch.full((len(r),), -2, dtype=torch.long), parent])
+        frames = with_drawn_views(self.real, self.include_real, c2w, intr, hw)
+        n_real = len(frames) - self.n_views
+        return frames, torch.cat([torch.full((n_real,), -2, dtype=torch.long), parent])
 
     def observe(self, cam: Tensor, per_ray_mse: Tensor) -> None:
         """Accumulate per-view error of the real batch's rays (``cam`` indexes train_frames)."""

@@ -161,7 +161,7 @@ class RayDataModule(pl.LightningDataModule):
 
     def set_replay(self, replay) -> None:
         """``replay.augment(rays_o, rays_d) -> (rays_o, rays_d)`` extends every training batch
-        (ray-level AL appends hard rays; ``n_real`` in the batch counts the drawn ones)."""
+        (ray-level AL appends hard rays after the drawn ones)."""
         self._replay = replay
 
     def set_batch_size(self, n: int) -> None:
@@ -176,12 +176,10 @@ class RayDataModule(pl.LightningDataModule):
     def ray_batch(self, step: int, device: torch.device | str | None = None
                   ) -> dict[str, Tensor]:
         """The training batch of global step ``step`` (this rank's slice), on ``device``, with
-        the replayed rays (if any) appended after the ``n_real`` drawn ones."""
+        the replayed rays (if any) appended after the drawn ones (``cam`` covers those only)."""
         out = self.train_rays().batch(step, device)
         if self._replay is not None:
-            n = out["rays_o"].shape[0]
             out["rays_o"], out["rays_d"] = self._replay.augment(out["rays_o"], out["rays_d"])
-            out["n_real"] = torch.tensor(n)
         return out
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):

@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from pvdal.al.view import CameraBand
+from pvdal.al.view import CameraBand, with_drawn_views
 from pvdal.data.frames import Frames
 from pvdal.utils.errors import ConfigError
 
@@ -41,13 +41,8 @@ class RandomViews(pl.Callback):
         """Epoch ``epoch``'s frames: the real poses (unless ratio is 1), then the random ones."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 + epoch)
         src = torch.randint(len(self.real), (self.n_views,), generator=gen)
-        c2w = self.band.sample(self.n_views, gen)
-        r = self.real if self.include_real else self.real.subset([])
-        dist = None
-        if r.distortion is not None:
-            dist = torch.cat([r.distortion, torch.zeros(self.n_views, 4)])
-        return Frames(torch.cat([r.c2w, c2w]), torch.cat([r.intrinsics, self.real.intrinsics[src]]),
-                      torch.cat([r.hw, self.real.hw[src]]), None, dist)
+        return with_drawn_views(self.real, self.include_real, self.band.sample(self.n_views, gen),
+                                self.real.intrinsics[src], self.real.hw[src])
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         trainer.datamodule.set_train_frames(self.draw(int(trainer.current_epoch)))
