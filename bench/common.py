@@ -271,3 +271,35 @@ def bench_args(ap, pairs: str, budget: float) -> None:
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--merge", action="store_true", help="keep the rows of runs not redone")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_parallel(calls: dict, workers: int):
+    """Run ``calls`` (key -> (module-level function, args)) and yield ``(key, result)`` as each
+    ends, the result an exception when the call raised. ``workers`` > 1: that many spawned
+    processes at one thread each, so runs side by side share the machine alike (an odd last
+    call runs alone); 1: one after another in this process, at the default thread count."""
+    if workers <= 1:
+        for key, (fn, args) in calls.items():
+            try:
+                yield key, fn(*args)
+            except Exception as e:  # noqa: BLE001 - the caller reports it in its row
+                yield key, e
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
+        futures = {pool.submit(fn, *args): key for key, (fn, args) in calls.items()}
+        for fut in as_completed(futures):
+            try:
+                yield futures[fut], fut.result()
+            except Exception as e:  # noqa: BLE001 - as above
+                yield futures[fut], e
