@@ -19,13 +19,24 @@ arrays load 1:1. What differs from pvdal's own PlenoxelsField (pvdal/fields/plen
 
 ``features(x)`` = ``[sigma, 3 * basis_dim SH coefficients, inside]`` (interpolated); there is no
 colour feature (like pvdal's Plenoxels). ``svox2_outputs`` gives svox2's own values.
+
+**Training as svox2 trains** (all off by default; ``experiment=ref_svox2`` turns them on):
+``sphere_init`` (svox2's ``use_sphere_bound``: only voxels inside the unit sphere are linked),
+``upsample_reso`` / ``upsample_steps`` (svox2's ``resample``: the field sampled at the new voxel
+centres, voxels kept where a sample's opacity reaches ``weight_thresh / R_z``, dilated
+``prune_dilate`` times), svox2's sparse TV (``tv_density``, ``tv_sh``: on a contiguous random
+``tv_*_sparsity`` of the cells, off after the first upsample with ``tv_early_only``),
+``split_groups`` (param groups ``density`` and ``sh``, for per-table learning rates) and
+:class:`Svox2RMSprop` (svox2's ``rmsprop_step``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pvdal.encodings.sh import sh_basis
@@ -33,6 +44,55 @@ from pvdal.fields.base import FieldOutput, RadianceField
 
 EMPTY_RAW = -100.0  # sigma_raw of zero density: exp(-100) underflows to 0 in float32 alphas
 CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+log = logging.getLogger("pvdal")
+
+
+def _cube(r) -> list[int]:
+    return [int(r)] * 3 if isinstance(r, int | float) else [int(v) for v in r]
+
+
+class Svox2RMSprop(torch.optim.Optimizer):
+    """svox2's RMSprop (svox2/csrc/optim_kernel.cu ``rmsprop_once``): the running mean of g^2
+    starts at the first g^2 (not at 0, as torch's RMSprop does), ``v = beta v + (1 - beta) g^2``,
+    ``x -= lr g / (sqrt(v) + eps)``; only rows (voxels) with a gradient are updated (svox2's
+    sparse grad indexer), so an unseen voxel's ``v`` does not decay. ``betas`` must be None (the
+    key comes with conf/arch/svox2.yaml's Adam, which a config merge cannot remove)."""
+
+    def __init__(self, params, lr: float = 1e-2, beta: float = 0.95, eps: float = 1e-8,
+                 betas=None) -> None:
+        if betas is not None:
+            raise ValueError("Svox2RMSprop takes beta (svox2's rms_beta), not betas: set "
+                             "optimizer.betas to null")
+        super().__init__(params, {"lr": lr, "beta": beta, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta, lr, eps = group["beta"], group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "rms" not in state:
+                    state["rms"] = torch.zeros_like(p)
+                rms = state["rms"]
+                flat_g, flat_rms, flat_p = g.view(g.shape[0], -1), rms.view(g.shape[0], -1), \
+                    p.view(g.shape[0], -1)
+                idx = torch.nonzero(flat_g.any(dim=1)).flatten()  # touched rows only
+                gs, rs = flat_g.index_select(0, idx), flat_rms.index_select(0, idx)
+                g2 = gs.square()
+                fresh = rs == 0
+                rs.mul_(beta).add_(g2, alpha=1.0 - beta)  # lerp(g^2, rms, beta)
+                rs = torch.where(fresh, g2, rs)
+                flat_rms.index_copy_(0, idx, rs)
+                step = gs.div_(rs.sqrt().add_(eps)).mul_(lr)
+                flat_p.index_copy_(0, idx, flat_p.index_select(0, idx).sub_(step))
+        return loss
 
 
 class Svox2NativeField(RadianceField):
@@ -51,13 +111,32 @@ class Svox2NativeField(RadianceField):
         dense: bool = False,
         init_density: float = 1.0,
         density_clamp: tuple[float, float] | None = None,
+        sphere_init: bool = False,
+        upsample_reso: list | tuple = (),
+        upsample_steps: list[int] | tuple[int, ...] = (),
+        weight_thresh: float = 0.256,
+        prune_dilate: int = 2,
+        tv_density: float = 0.0,
+        tv_sh: float = 0.0,
+        tv_sparsity: float = 0.01,
+        tv_sh_sparsity: float = 0.01,
+        tv_early_only: bool = True,
+        split_groups: bool = False,
     ) -> None:
         """``reso`` = ``links.shape`` (each >= 2), ``n_rows`` = rows of ``density_data`` /
         ``sh_data``, ``basis_dim`` = SH coefficients per channel (1, 4, 9, 16 or 25);
         ``radius``/``center`` = svox2's grid box; ``world_scale``/``world_offset``: pvdal field
         coordinates -> svox2 world. ``dense``: a student under svox2's conventions
         (``student=svox2``): every voxel linked (``n_rows`` = Rx * Ry * Rz), density
-        ``init_density`` per world unit, grey colour (SH 0)."""
+        ``init_density`` per world unit, grey colour (SH 0).
+
+        svox2's training (opt/opt.py), all off by default: ``sphere_init`` links only the voxels
+        inside the unit sphere (``use_sphere_bound``); ``upsample_reso`` (a size or 3 sizes per
+        stage) starts at schedule step ``upsample_steps[i]``, keeping voxels where the resampled
+        opacity over half a new voxel reaches ``weight_thresh / R_z``, dilated ``prune_dilate``
+        times; ``tv_density`` / ``tv_sh``: svox2's TV on a ``tv_*sparsity`` share of the cells,
+        off after the first upsample when ``tv_early_only``; ``split_groups``: param groups
+        ``density`` and ``sh`` (instead of one ``features``)."""
         super().__init__(density_clamp)
         degree = math.isqrt(int(basis_dim))
         if degree * degree != basis_dim or not 1 <= degree <= 5:
@@ -78,6 +157,117 @@ class Svox2NativeField(RadianceField):
         self.register_buffer("center", torch.tensor(center, dtype=torch.float32).view(3))
         self.register_buffer("world_offset", torch.tensor(world_offset, dtype=torch.float32))
         self.feature_dim = 1 + 3 * self.basis_dim + 1
+        self.upsample_reso = [_cube(r) for r in upsample_reso]
+        self.upsample_steps = [int(v) for v in upsample_steps]
+        if len(self.upsample_reso) != len(self.upsample_steps):
+            raise ValueError("svox2: need one upsample_steps entry per upsample_reso entry")
+        self.weight_thresh, self.prune_dilate = float(weight_thresh), int(prune_dilate)
+        self.tv_density, self.tv_sh = float(tv_density), float(tv_sh)
+        self.tv_sparsity, self.tv_sh_sparsity = float(tv_sparsity), float(tv_sh_sparsity)
+        self.tv_early_only, self.split_groups = bool(tv_early_only), bool(split_groups)
+        self.stage = 0  # upsamples done
+        self.sphere_init = bool(sphere_init)
+        if sphere_init:
+            self._sphere_bound()
+
+    # --- svox2's training -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _sphere_bound(self) -> None:
+        """svox2's ``use_sphere_bound`` (SparseGrid.__init__): voxel i at ``2 i / R - 1`` is
+        linked when within ``1 + sqrt(3) / max(R)`` of the centre."""
+        axes = [torch.arange(r, dtype=torch.float32) * 2.0 / r - 1.0 for r in self.reso]
+        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        keep = (pts.norm(dim=-1) <= 1.0 + 3**0.5 / max(self.reso)).flatten()
+        self._relink(self.reso, keep, self.density_data.flatten()[self.links.flatten()[keep]
+                                                                   .long()][:, None],
+                     self.sh_data[self.links.flatten()[keep].long()])
+
+    def _relink(self, reso: list[int], keep: Tensor, density: Tensor, sh: Tensor) -> None:
+        """New layout: voxels ``keep`` (flat, x-major over ``reso``) hold rows in order."""
+        dev = self.links.device
+        links = torch.full((math.prod(reso),), -1, dtype=torch.int32, device=dev)
+        links[keep] = torch.arange(int(keep.sum()), dtype=torch.int32, device=dev)
+        self.links = links.view(reso)
+        self.reso = list(reso)
+        self.density_data = nn.Parameter(density.contiguous())
+        self.sh_data = nn.Parameter(sh.contiguous())
+
+    @property
+    def tv_on(self) -> bool:
+        return not (self.tv_early_only and self.stage > 0)
+
+    def on_step(self, step: int, grid=None, prev_step: int | None = None) -> bool:
+        """svox2's upsampling (opt/opt.py: ``grid.resample`` every ``upsamp_every``): the stage
+        follows the schedule step, so a resumed run stays on schedule."""
+        target = sum(step >= s for s in self.upsample_steps)
+        changed = False
+        while self.stage < target:
+            self.resample(self.upsample_reso[self.stage])
+            self.stage += 1
+            changed = True
+        return changed
+
+    @torch.no_grad()
+    def resample(self, reso: list[int], chunk: int = 1 << 18) -> None:
+        """svox2's ``SparseGrid.resample`` with its weight threshold taken on opacity alone:
+        sample at the new voxel centres (grid coordinates ``linspace(f - 0.5, R - f - 0.5, R')``,
+        ``f = R / 2R'``), keep voxels whose opacity over svox2's render step (half a new voxel)
+        reaches ``weight_thresh / R'_z`` (svox2 renders every training camera and thresholds the
+        max weight, transmittance included: this keeps a superset, also occluded voxels),
+        dilate ``prune_dilate`` times (3x3x3), and sample the SH there."""
+        reso = _cube(reso)
+        dev = self.links.device
+        axes = [torch.linspace(0.5 * r / n - 0.5, r - 0.5 * r / n - 0.5, n, device=dev)
+                for r, n in zip(self.reso, reso, strict=True)]
+        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).view(-1, 3)
+        dens = self.density_data
+        sigma = torch.cat([self._interp(c, dens)[:, 0] for c in pts.split(chunk)])
+        # svox2's world step over half a new voxel (cubic cells: any axis)
+        step = 0.5 * 2.0 * float(self.radius.max()) / max(reso)
+        alpha = 1.0 - torch.exp(-sigma.clamp_min(0.0) * step)
+        mask = (alpha >= self.weight_thresh / reso[2]).view(1, 1, *reso).float()
+        for _ in range(self.prune_dilate):
+            mask = F.max_pool3d(mask, 3, stride=1, padding=1)
+        keep = mask.flatten() > 0
+        kept = pts[keep]
+        sh = (torch.cat([self._interp(c, self.sh_data) for c in kept.split(chunk)])
+              if len(kept) else self.sh_data.new_zeros(0, self.sh_data.shape[1]))
+        log.info("svox2: resampled %s -> %s (%d of %d voxels kept)", self.reso, reso,
+                 int(keep.sum()), keep.numel())
+        self._relink(reso, keep, sigma[keep][:, None], sh)
+
+    def regularizer(self, x: Tensor | None = None) -> Tensor | None:
+        """svox2's sparse TV (svox2/csrc/loss_kernel.cu ``tv_grad_sparse_kernel``): on a
+        contiguous run of ``sparsity * R^3`` cells from a random start, per channel
+        ``sqrt(1e-9 + dx^2 + dy^2 + dz^2)`` to the +x/+y/+z neighbours (an empty voxel counts
+        as 0), averaged over the cells, times the weight."""
+        if not self.tv_on or (self.tv_density <= 0 and self.tv_sh <= 0):
+            return None
+        out = self.density_data.new_zeros(())
+        if self.tv_density > 0:
+            out = out + self.tv_density * self._tv(self.density_data, self.tv_sparsity)
+        if self.tv_sh > 0:
+            out = out + self.tv_sh * self._tv(self.sh_data, self.tv_sh_sparsity)
+        return out
+
+    def _tv(self, data: Tensor, frac: float) -> Tensor:
+        X, Y, Z = self.reso
+        n = X * Y * Z
+        k = max(int(frac * n), 1)
+        start = int(torch.randint(0, n, ()))
+        cells = (torch.arange(start, start + k, device=data.device)) % n
+        x, y, z = cells // (Y * Z), (cells // Z) % Y, cells % Z
+        flat = self.links.flatten()
+
+        def value(idx: Tensor, ok: Tensor) -> Tensor:
+            rows = torch.where(ok, flat[idx.clamp(0, n - 1)], -1).long()
+            return data[rows.clamp_min(0)] * (rows >= 0)[:, None]
+
+        v0 = value(cells, torch.ones_like(cells, dtype=torch.bool))
+        sq = v0.new_zeros(v0.shape)
+        for nb, ok in ((cells + Y * Z, x + 1 < X), (cells + Z, y + 1 < Y), (cells + 1, z + 1 < Z)):
+            sq = sq + ((value(nb, ok) - v0) * ok[:, None]).square()
+        return torch.sqrt(sq + 1e-9).sum() / k
 
     # --- svox2's own computations --------------------------------------------------------------
     def to_world(self, x: Tensor) -> Tensor:
@@ -95,18 +285,36 @@ class Svox2NativeField(RadianceField):
         g = self.world2grid(w)
         gsz = g.new_tensor(self.reso)
         inside = ((g >= -0.5) & (g <= gsz - 0.5)).all(dim=-1)
+        out = self._interp(g, self.density_data, self.sh_data)
+        return torch.cat([out, inside.to(out.dtype)[:, None]], dim=-1)
+
+    def _interp(self, g: Tensor, *tables: Tensor) -> Tensor:
+        """Trilinear interpolation of the rows of ``tables`` (concatenated) at grid coordinates
+        ``g`` (svox2's ``sample``: clamped to [0, R - 1], empty voxels 0)."""
+        gsz = g.new_tensor(self.reso)
         pos = torch.minimum(g.clamp_min(0.0), gsz - 1)
         low = torch.minimum(pos.long().clamp_min(0), torch.tensor(self.reso, device=g.device) - 2)
         f = pos - low
-        table = torch.cat([self.density_data, self.sh_data], dim=-1)
-        out = g.new_zeros(g.shape[0], table.shape[1])
-        for a, b, c in CORNERS:
-            rows = self.links[low[:, 0] + a, low[:, 1] + b, low[:, 2] + c].long()
-            wt = ((f[:, 0] if a else 1 - f[:, 0]) * (f[:, 1] if b else 1 - f[:, 1])
-                  * (f[:, 2] if c else 1 - f[:, 2]))
-            vals = table[rows.clamp_min(0)] * (rows >= 0)[:, None]
-            out = out + vals * wt[:, None]
-        return torch.cat([out, inside.to(out.dtype)[:, None]], dim=-1)
+        _, Y, Z = self.reso
+        base = (low[:, 0] * Y + low[:, 1]) * Z + low[:, 2]
+        offs = torch.tensor([(a * Y + b) * Z + c for a, b, c in CORNERS], device=g.device)
+        rows = self.links.flatten()[base[:, None] + offs]  # [M, 8]
+        wx, wy, wz = (torch.stack([1.0 - f[:, i], f[:, i]], dim=-1) for i in range(3))
+        w = (wx[:, :, None, None] * wy[:, None, :, None] * wz[:, None, None, :]).reshape(-1, 8)
+        w = (w * (rows >= 0))[:, None, :]
+        idx = rows.clamp_min(0).long().reshape(-1)
+        outs = [torch.bmm(w, t.index_select(0, idx).view(-1, 8, t.shape[1]))[:, 0]
+                for t in tables]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def density(self, x: Tensor) -> Tensor:
+        """Activated density (occupancy updates, the no-grad early-stop pass): the density
+        table alone is interpolated."""
+        g = self.world2grid(self.to_world(x))
+        gsz = g.new_tensor(self.reso)
+        inside = ((g >= -0.5) & (g <= gsz - 0.5)).all(dim=-1)
+        s = self._interp(g, self.density_data)[:, 0]
+        return self.activate(self.density_raw(torch.stack([s, inside.to(s.dtype)], dim=-1)))
 
     def sigma_world(self, feat: Tensor) -> Tensor:
         """svox2's density per world unit: ReLU, zero at or below ``sigma_thresh`` and outside
@@ -143,4 +351,23 @@ class Svox2NativeField(RadianceField):
         return FieldOutput(self.density_raw(feat), None, self.rgb(feat, d))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        if self.split_groups:  # per-table learning rates (svox2's lr_sigma, lr_sh)
+            return {"density": [self.density_data], "sh": [self.sh_data], "decoder": []}
         return {"features": [self.density_data, self.sh_data], "decoder": []}
+
+    def extra_state_for_checkpoint(self) -> dict:
+        if not (self.upsample_steps or self.sphere_init or self.stage):
+            return {}  # the constructor's layout
+        return {"reso": list(self.reso), "n_rows": int(self.density_data.shape[0]),
+                "stage": self.stage}
+
+    def prepare_load(self, extra: dict) -> None:
+        if not extra:
+            return
+        reso, n = [int(v) for v in extra["reso"]], int(extra["n_rows"])
+        dev = self.links.device
+        self.links = torch.full(reso, -1, dtype=torch.int32, device=dev)
+        self.reso = reso
+        self.density_data = nn.Parameter(torch.zeros(n, 1, device=dev))
+        self.sh_data = nn.Parameter(torch.zeros(n, 3 * self.basis_dim, device=dev))
+        self.stage = int(extra.get("stage", 0))
