@@ -70,6 +70,7 @@ class Reference:
     how: str  # tensorf | nerf (the reference's own code) | recipe (its recipe on pvdal)
     overrides: tuple[str, ...] = ()  # recipe: pvdal overrides that make it
     note: str = ""
+    slow: str = ""  # why it is not run unless --as-written: it does not fit a CPU budget
 
 
 REFERENCES: dict[str, list[Reference]] = {
@@ -79,7 +80,11 @@ REFERENCES: dict[str, list[Reference]] = {
         Reference("Instant-NGP recipe (nerfacc example) on pvdal's hash grid", "recipe",
                   ("experiment=ref_instant_ngp",),
                   "instant-ngp / tiny-cuda-nn need CUDA: the recipe as nerfacc's example writes "
-                  "it, on pvdal's torch hash grid"),
+                  "it, on pvdal's torch hash grid",
+                  "on this CPU the example's 128^3 grid warm-up (2.1 M cells every 16 steps for "
+                  "256 steps), 1024-sample steps and 2^19 x 16 table leave a few dozen steps in "
+                  "400 s, and each test render takes minutes (a 400 s run had not finished "
+                  "after 26 min)"),
         Reference("Instant-NGP recipe (nerfacc example), pvdal's CPU sizes", "recipe",
                   ("experiment=ref_instant_ngp", *NGP_CPU_SIZES),
                   "the example's optimisation (Adam, eps, weight decay, warm-up, steps x0.33, "
@@ -146,7 +151,9 @@ def calls_for(arch: str, args) -> dict:
     calls = {(arch, "pvdal"): (train_run, ([f"arch={arch}", *args.overrides], args.time,
                                            args.points))}
     for i, ref in enumerate(REFERENCES.get(arch, [])):
-        if ref.how == "recipe":
+        if ref.slow and not args.as_written:
+            calls[(arch, i)] = (dict, ({"note": f"not run: {ref.slow} (--as-written runs it)"},))
+        elif ref.how == "recipe":
             calls[(arch, i)] = (train_run, ([*ref.overrides, *args.overrides], args.time,
                                             args.points))
         else:
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="folder holding yenchenlin/nerf-pytorch's run_nerf_helpers.py")
     ap.add_argument("--jobs", type=int, default=2,
                     help="trainings side by side, one thread each (1: one at a time)")
+    ap.add_argument("--as-written", action="store_true",
+                    help="also run references that do not fit a CPU budget (see REFERENCES)")
     ap.add_argument("--points", type=int, default=5, help="test-PSNR curve points per run")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--merge", action="store_true", help="keep the rows of arches not rerun")
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     for arch in archs:
         calls.update(calls_for(arch, args))
     for key, (fn, fargs) in list(calls.items()):  # a recipe that does not compose: say so
-        why = try_compose("train", fargs[0]) if fn is train_run else None
+        why = try_compose("train", list(fargs[0])) if fn is train_run else None
         if why:
             calls.pop(key)
             calls[key] = (dict, ({"note": f"does not compose: {why}"},))
