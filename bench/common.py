@@ -126,7 +126,9 @@ def provenance() -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD") or None
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
+    # results being written (this or another benchmark) do not change the code that ran
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)bench/results"):
         commit += "+dirty"
     return {"commit": commit, "argv": sys.argv, "torch": torch.__version__}
 

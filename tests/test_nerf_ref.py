@@ -1,6 +1,6 @@
 """bench/nerf_ref.py against nerf-pytorch's own code: runs only where its source is extracted
-(``NERF_SRC``, default /tmp/nerf_src: ``git --git-dir=<nerf-pytorch git dir> archive HEAD |
-tar -x -C /tmp/nerf_src``)."""
+(the folder in ``NERF_SRC``: ``git --git-dir=<nerf-pytorch git dir> archive HEAD | tar -x -C
+DIR``)."""
 
 import importlib.util
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-NERF_SRC = Path(os.environ.get("NERF_SRC", "/tmp/nerf_src"))
+NERF_SRC = Path(os.environ.get("NERF_SRC") or "nerf-pytorch-not-given")
 pytestmark = pytest.mark.skipif(
     not (NERF_SRC / "run_nerf.py").is_file(),
     reason=f"nerf-pytorch's source is not at NERF_SRC={NERF_SRC} (not part of pvdal; CI has none)")
