@@ -10,8 +10,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from pvdal.fields.svox2_native import Svox2NativeField, Svox2RMSprop
+from pvdal.fields.svox2_native import Svox2NativeField
 from pvdal.modules.base import FIELD_EXTRA
+from pvdal.optim.svox2_rmsprop import Svox2RMSprop
 from pvdal.tasks import train
 from pvdal.utils.presets import apply_preset
 from tests.conftest import TINY_DATA, TINY_RUN, compose_cfg

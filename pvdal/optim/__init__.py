@@ -1,0 +1,1 @@
+"""Optimizers that reference recipes need beyond torch.optim."""
