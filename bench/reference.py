@@ -91,7 +91,7 @@ REFERENCES: dict[str, list[Reference]] = {
                   "samples per step) on arch=ngp's CPU field, step and grid sizes"),
     ],
     "plenoxels": [
-        Reference("svox2 recipe (opt/configs/syn.json) on pvdal's Plenoxels field", "recipe",
+        Reference("svox2 recipe (opt/configs/syn.json) on pvdal's svox2 field", "recipe",
                   ("experiment=ref_svox2",),
                   "svox2 is a CUDA extension: its synthetic-scene recipe on pvdal's field"),
     ],
