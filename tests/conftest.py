@@ -22,7 +22,7 @@ TINY_DATA = ["data.loader.resolution=16", "data.loader.n_train=8", "data.loader.
 TINY_RUN = ["trainer.max_steps=8", "trainer.max_time=null", "trainer.log_every_n_steps=1",
             "render.n_samples=48", "grid.resolution=16", "grid.update_every=4",
             "grid.warmup_steps=4", "callbacks.rich_progress_bar=null",
-            "trainer.enable_progress_bar=false"]
+            "trainer.enable_progress_bar=false", "render.target_samples=null"]  # fixed batches
 # active learning that acts within a few steps (no warm-up, tiny pools)
 TINY_AL = ["al.view.warmup_epochs=0", "al.view.n_views=4", "al.view.pool_size=2",
            "al.ray.pool_batches=2"]

@@ -194,6 +194,20 @@ def test_unbounded_steps_grow_with_distance_and_never_skip_a_cell():
     assert (dt > 0).all()
 
 
+def test_target_samples_defaults(tmp_path, data_dir):
+    """train.py: ngp's CPU default adapts rays to 8192 samples a step, trainer=gpu's 2^18 wins,
+    the other arches keep fixed batches unless asked."""
+    from tests.conftest import compose_cfg
+
+    def target(*ov: str):
+        return compose_cfg("train", tmp_path, data_dir, list(ov)).render.target_samples
+
+    assert target("arch=ngp") == 8192
+    assert target("arch=ngp", "trainer=gpu") == 1 << 18
+    assert target("arch=tensorf") is None
+    assert target("arch=tensorf", "render.target_samples=4096") == 4096
+
+
 def test_rays_per_batch_follow_a_target_number_of_samples(tiny_cfg):
     """render.target_samples: on logging steps the batch is rescaled to that many samples."""
     import csv
