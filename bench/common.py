@@ -305,3 +305,38 @@ def run_parallel(calls: dict, workers: int):
                 yield futures[fut], fut.result()
             except Exception as e:  # noqa: BLE001 - as above
                 yield futures[fut], e
+
+
+class RefProgress:
+    """The curves of a reference's own training loop (bench/tensorf_ref.py, nerf_ref.py): the
+    mean batch PSNR every ``log_every`` iterations (``train_curve``) and the test PSNR at
+    ``points`` evenly spaced training times (``curve``; the caller does not time the render)."""
+
+    def __init__(self, name: str, budget: float, points: int, log_every: int) -> None:
+        self.name, self.log_every = name, log_every
+        self.marks = [budget * (i + 1) / points for i in range(points)] if points else []
+        self.window: list[float] = []  # batch PSNRs since the last log line
+        self.curve: list[dict] = []
+        self.train_curve: list[dict] = []
+
+    def after(self, it: int, elapsed: float, dt: float, msg: str, test_psnr) -> None:
+        """After iteration ``it`` (ending at ``elapsed`` s of training, ``dt`` long): log, and
+        call ``test_psnr()`` when a curve point falls within this iteration (the last point is
+        left to ``finish``)."""
+        if it % self.log_every == 0:
+            self.train_curve.append({"iter": it, "time_s": round(elapsed, 2),
+                                     "train_psnr": round(sum(self.window) / len(self.window), 3)})
+            print(f"{self.name} it {it} t {elapsed:.1f}s batch psnr "
+                  f"{self.train_curve[-1]['train_psnr']:.2f} {msg}", flush=True)
+            self.window = []
+        if self.marks and elapsed + 0.5 * dt >= self.marks[0]:
+            while self.marks and elapsed + 0.5 * dt >= self.marks[0]:
+                self.marks.pop(0)
+            self.curve.append({"step": it, "time_s": round(elapsed, 2),
+                               "psnr": test_psnr() if self.marks else None})
+
+    def finish(self, final: float) -> float:
+        """The final test PSNR, also the last curve point's."""
+        if self.curve:
+            self.curve[-1]["psnr"] = final
+        return final

@@ -56,6 +56,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from bench.common import RefProgress
 from bench.tensorf_ref import scene_rays
 
 N_ITERS = 200000  # run_nerf.py:701 (N_iters = 200000 + 1, the loop starts at 1)
@@ -190,10 +191,8 @@ def train_nerf(src: str | Path, data, budget: float, points: int = 5,
     crops = [_crop(h, w, r["precrop_frac"]) for h, w in hw]
     precrop_p = r["precrop_iters"] / r["N_iters"]
     decay_per_p = r["N_iters"] / (r["lrate_decay"] * 1000)
-    it, window = 0, []
-    marks = [budget * (i + 1) / points for i in range(points)] if points else []
-    curve: list[dict] = []
-    train_curve: list[dict] = []
+    it = 0
+    prog = RefProgress("nerf-ref", budget, points, log_every)
     elapsed += time.perf_counter() - t0
     dt = 0.0
     while elapsed + 0.5 * dt < budget:  # the last iteration ends nearest the budget
@@ -218,26 +217,14 @@ def train_nerf(src: str | Path, data, budget: float, points: int = 5,
         loss.backward()
         optimizer.step()
         it += 1
-        window.append(float(mse2psnr(img_loss.detach())))
+        prog.window.append(float(mse2psnr(img_loss.detach())))
         dt = time.perf_counter() - t0
         elapsed += dt
-        if it % log_every == 0:
-            train_curve.append({"iter": it, "time_s": round(elapsed, 2),
-                                "train_psnr": round(sum(window) / len(window), 3)})
-            print(f"nerf-ref it {it} t {elapsed:.1f}s batch psnr "
-                  f"{train_curve[-1]['train_psnr']:.2f} lr {optimizer.param_groups[0]['lr']:.2e}",
-                  flush=True)
-            window = []
-        if marks and elapsed + 0.5 * dt >= marks[0]:
-            while marks and elapsed + 0.5 * dt >= marks[0]:
-                marks.pop(0)
-            curve.append({"step": it, "time_s": round(elapsed, 2),
-                          "psnr": test_psnr(run_nerf, kw_test, data, r["chunk"])
-                          if marks else None})
-    final = test_psnr(run_nerf, kw_test, data, r["chunk"])
-    if curve:
-        curve[-1]["psnr"] = final
-    return {"psnr": final, "curve": curve, "train_curve": train_curve, "iterations": it,
+        prog.after(it, elapsed, dt, f"lr {optimizer.param_groups[0]['lr']:.2e}",
+                   lambda: test_psnr(run_nerf, kw_test, data, r["chunk"]))
+    final = prog.finish(test_psnr(run_nerf, kw_test, data, r["chunk"]))
+    return {"psnr": final, "curve": prog.curve, "train_curve": prog.train_curve,
+            "iterations": it,
             "time_s": elapsed, "final_lr": optimizer.param_groups[0]["lr"],
             "samples_per_ray": r["N_samples"] + (r["N_samples"] + r["N_importance"]
                                                  if r["N_importance"] > 0 else 0),

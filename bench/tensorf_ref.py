@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import RefProgress
+
 LEGO_ITERS = 30000
 UPSAMPLE = [2000, 3000, 4000, 5500, 7000]  # configs/lego.txt
 ALPHA_MASK = [2000, 4000]
@@ -149,10 +151,8 @@ def train_tensorf(src: str | Path, data, budget: float, points: int = 5,
     sampler = _Sampler(allrays.shape[0], r["batch_size"])
     l1 = r["L1_weight_inital"]
     ups, masks = list(r["upsamp_frac"]), list(r["alpha_mask_frac"])
-    p_reset, it, window, retry_at, deferred = 0.0, 0, [], 0, 0
-    marks = [budget * (i + 1) / points for i in range(points)] if points else []
-    curve: list[dict] = []
-    train_curve: list[dict] = []
+    p_reset, it, retry_at, deferred = 0.0, 0, 0, 0
+    prog = RefProgress("tensorf-ref", budget, points, log_every)
     elapsed += time.perf_counter() - t0
     dt = 0.0
     while elapsed + 0.5 * dt < budget:  # the last iteration ends nearest the budget
@@ -168,7 +168,7 @@ def train_tensorf(src: str | Path, data, budget: float, points: int = 5,
         loss.backward()
         opt.step()
         it += 1
-        window.append(-10.0 * math.log10(max(mse.item(), 1e-10)))
+        prog.window.append(-10.0 * math.log10(max(mse.item(), 1e-10)))
         with hush:
             if masks and p >= masks[0] and it >= retry_at:
                 reso_mask = reso  # train.py: reso_cur while under 256^3
@@ -196,22 +196,11 @@ def train_tensorf(src: str | Path, data, budget: float, points: int = 5,
                 ups.pop(0)
         dt = time.perf_counter() - t0
         elapsed += dt
-        if it % log_every == 0:
-            train_curve.append({"iter": it, "time_s": round(elapsed, 2),
-                                "train_psnr": round(sum(window) / len(window), 3)})
-            print(f"tensorf-ref it {it} t {elapsed:.1f}s batch psnr "
-                  f"{train_curve[-1]['train_psnr']:.2f} reso {reso} samples {n_samp}",
-                  flush=True)
-            window = []
-        if marks and elapsed + 0.5 * dt >= marks[0]:
-            while marks and elapsed + 0.5 * dt >= marks[0]:
-                marks.pop(0)
-            curve.append({"step": it, "time_s": round(elapsed, 2),
-                          "psnr": test_psnr(model, data) if marks else None})
-    final = test_psnr(model, data)
-    if curve:
-        curve[-1]["psnr"] = final
-    return {"psnr": final, "curve": curve, "train_curve": train_curve, "iterations": it,
+        prog.after(it, elapsed, dt, f"reso {reso} samples {n_samp}",
+                   lambda: test_psnr(model, data))
+    final = prog.finish(test_psnr(model, data))
+    return {"psnr": final, "curve": prog.curve, "train_curve": prog.train_curve,
+            "iterations": it,
             "time_s": elapsed, "final_reso": [int(v) for v in model.gridSize],
             "aabb": model.aabb.tolist(), "n_samples": n_samp,
             "rays_kept": int(allrays.shape[0]), "alpha_mask_deferred": deferred,
