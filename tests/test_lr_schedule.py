@@ -77,3 +77,18 @@ def test_instant_ngp_recipe_trains_with_its_optimizer(tiny_cfg, monkeypatch):
     train.run(cfg)
     g = seen["opt"].param_groups[0]
     assert (g["eps"], g["weight_decay"], g["betas"]) == (1e-15, 1e-6, (0.9, 0.999))
+
+
+def test_tensorf_paper_preset_resets_the_lr_at_upsamples(tmp_path, data_dir):
+    """experiment=paper + arch=tensorf: the preset's ``_arch`` block sets TensoRF's
+    lr_upsample_reset and Adam eps on the arch (not in the field); the CPU default keeps both."""
+    from pvdal.utils.presets import apply_preset
+    from tests.conftest import compose_cfg
+
+    paper = apply_preset(compose_cfg("train", tmp_path, data_dir,
+                                     ["arch=tensorf", "experiment=paper"]))
+    assert paper.arch.lr_upsample_reset is True and paper.arch.optimizer.eps == 1e-8
+    assert "_arch" not in paper.arch.field and paper.arch.field.mlp_hidden == 128
+    assert paper.arch.optimizer.betas == [0.9, 0.99]  # the rest of the optimizer kept
+    cpu = apply_preset(compose_cfg("train", tmp_path, data_dir, ["arch=tensorf"]))
+    assert cpu.arch.lr_upsample_reset is False and cpu.arch.optimizer.eps == 1e-15

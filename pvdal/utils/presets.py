@@ -2,7 +2,9 @@
 and ``tiny:`` (test-sized) blocks of field overrides. ``preset=paper`` (set by
 ``experiment=paper``) or ``preset=tiny`` merges that block into the
 arch's ``field`` for whichever architectures the run uses (arch, teacher, student), so one
-switch scales every architecture without an ``if arch == ...`` anywhere.
+switch scales every architecture without an ``if arch == ...`` anywhere. A block's ``_arch:``
+entry is merged into the arch itself (its schedule or optimizer: TensoRF's paper recipe resets
+the learning rate at each upsample).
 
 ``shared_decoder=true`` sets ``field.decoder=shared`` in every field that has the key (mlp,
 tensorf; ngp's decoder is the shared design already): one decoder shape for all three, so
@@ -38,7 +40,13 @@ def apply_preset(cfg: DictConfig) -> DictConfig:
                 if preset not in arch:
                     raise ConfigError(f"{role}.{preset}", f"{arch.name} has no {preset} preset",
                                       f"add a {preset}: block to conf/arch/{arch.name}.yaml")
-                arch.field = OmegaConf.merge(arch.field, arch[preset])
+                block = OmegaConf.to_container(arch[preset])
+                outer = block.pop("_arch", None)  # arch-level keys (schedule, optimizer)
+                arch.field = OmegaConf.merge(arch.field, block)
+                if outer:
+                    merged = OmegaConf.merge(arch, outer)
+                    for key in outer:
+                        arch[key] = merged[key]
             if shared and "decoder" in arch.field:
                 arch.field.decoder = "shared"
     return cfg
