@@ -107,6 +107,11 @@ def load_scene(overrides: list[str]):
     return instantiate(cfg.data.loader)
 
 
+def noted(why: str) -> dict:
+    """The outcome of a side that is not run: why (a run_parallel call like the others)."""
+    return {"note": why}
+
+
 def train_run(overrides: list[str], budget: float, points: int) -> dict:
     """pvdal's ``train`` with ``overrides``, its schedule filling ``budget`` seconds."""
     with tempfile.TemporaryDirectory(prefix="pvdal-ref-") as tmp:
@@ -152,7 +157,7 @@ def calls_for(arch: str, args) -> dict:
                                            args.points))}
     for i, ref in enumerate(REFERENCES.get(arch, [])):
         if ref.slow and not args.as_written:
-            calls[(arch, i)] = (dict, ({"note": f"not run: {ref.slow} (--as-written runs it)"},))
+            calls[(arch, i)] = (noted, (f"not run: {ref.slow} (--as-written runs it)",))
         elif ref.how == "recipe":
             calls[(arch, i)] = (train_run, ([*ref.overrides, *args.overrides], args.time,
                                             args.points))
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         why = try_compose("train", list(fargs[0])) if fn is train_run else None
         if why:
             calls.pop(key)
-            calls[key] = (dict, ({"note": f"does not compose: {why}"},))
+            calls[key] = (noted, (f"does not compose: {why}",))
     old = previous_rows("reference", ("arch", "reference"), args.results_dir) if args.merge else {}
     rows = [r for r in old.values() if r["arch"] not in archs]
     done: dict = {}

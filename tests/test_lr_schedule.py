@@ -48,6 +48,13 @@ def test_per_group_decay_and_delay_follow_the_group_name():
     assert (d2, s2) == pytest.approx((1e-3, 1e-2))
 
 
+def test_one_delay_serves_every_group():
+    """``lr_delay: [fraction, mult]`` without a table delays every group alike."""
+    arch = {"lr_decay": 1.0, "lr_delay": [0.5, 0.1]}
+    assert _at(arch, ("density", "sh"), 0.0) == pytest.approx([0.1, 0.1])
+    assert _at(arch, ("density", "sh"), 0.5) == pytest.approx([1.0, 1.0])
+
+
 def test_float_decay_and_unknown_schedule():
     assert _at({"lr_decay": 0.1}, ("features", "decoder"), 0.5) == pytest.approx(
         [0.1 ** 0.5] * 2)

@@ -237,11 +237,12 @@ class Svox2NativeField(RadianceField):
         scaling = 0.5 / self.radius * gsz
         return torch.addcmul(offset, w, scaling)
 
-    def features_world(self, w: Tensor) -> Tensor:
+    def features_world(self, w: Tensor, *tables: Tensor) -> Tensor:
+        """``[interpolated tables (default: density, SH), inside]`` at world points ``w``."""
         g = self.world2grid(w)
         gsz = g.new_tensor(self.reso)
         inside = ((g >= -0.5) & (g <= gsz - 0.5)).all(dim=-1)
-        out = self._interp(g, self.density_data, self.sh_data)
+        out = self._interp(g, *(tables or (self.density_data, self.sh_data)))
         return torch.cat([out, inside.to(out.dtype)[:, None]], dim=-1)
 
     def _interp(self, g: Tensor, *tables: Tensor) -> Tensor:
@@ -266,11 +267,8 @@ class Svox2NativeField(RadianceField):
     def density(self, x: Tensor) -> Tensor:
         """Activated density (occupancy updates, the no-grad early-stop pass): the density
         table alone is interpolated."""
-        g = self.world2grid(self.to_world(x))
-        gsz = g.new_tensor(self.reso)
-        inside = ((g >= -0.5) & (g <= gsz - 0.5)).all(dim=-1)
-        s = self._interp(g, self.density_data)[:, 0]
-        return self.activate(self.density_raw(torch.stack([s, inside.to(s.dtype)], dim=-1)))
+        feat = self.features_world(self.to_world(x), self.density_data)  # [sigma, inside]
+        return self.activate(self.density_raw(feat))
 
     def sigma_world(self, feat: Tensor) -> Tensor:
         """svox2's density per world unit: ReLU, zero at or below ``sigma_thresh`` and outside

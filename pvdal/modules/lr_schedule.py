@@ -15,7 +15,8 @@ Applied on top of any of them:
 
 - ``lr_warmup`` (a fraction of the run, 0 off): linear warm-up from ``lr_warmup_start * lr``
   (nerfacc: ``LinearLR(start_factor=0.01, total_iters=100)`` of 20000 steps = 0.005).
-- ``lr_delay`` (a table by param group of ``[fraction, mult]``): svox2's reverse-cosine delay,
+- ``lr_delay`` (``[fraction, mult]``, or a table of them by param group): svox2's
+  reverse-cosine delay,
   ``mult + (1 - mult) * sin(pi/2 * min(progress / fraction, 1))`` (``lr_sigma_delay_steps``
   15000 of 128000 with ``lr_sigma_delay_mult`` 1e-2 on the density).
 
@@ -80,8 +81,7 @@ def _ramps(arch: dict, group: str, progress: Callable[[], float]) -> Factor | No
     """Warm-up and delay factors (None when neither applies to ``group``)."""
     warm = float(arch.get("lr_warmup") or 0.0)
     warm_start = float(arch.get("lr_warmup_start", 0.01))
-    delays = arch.get("lr_delay") or {}
-    delay = delays.get(group) if hasattr(delays, "keys") else None
+    delay = _per_group(arch, "lr_delay", group, None)
     if warm <= 0 and delay is None:
         return None
     d_frac, d_mult = (float(delay[0]), float(delay[1])) if delay is not None else (0.0, 1.0)
