@@ -82,9 +82,8 @@ REFERENCES: dict[str, list[Reference]] = {
                   "instant-ngp / tiny-cuda-nn need CUDA: the recipe as nerfacc's example writes "
                   "it, on pvdal's torch hash grid",
                   "on this CPU the example's 128^3 grid warm-up (2.1 M cells every 16 steps for "
-                  "256 steps), 1024-sample steps and 2^19 x 16 table leave a few dozen steps in "
-                  "400 s, and each test render takes minutes (a 400 s run had not finished "
-                  "after 26 min)"),
+                  "256 steps), 1024-sample steps and 2^19 x 16 table do not fit the budget: a "
+                  "400 s run with its test renders had not finished after 26 min"),
         Reference("Instant-NGP recipe (nerfacc example), pvdal's CPU sizes", "recipe",
                   ("experiment=ref_instant_ngp", *NGP_CPU_SIZES),
                   "the example's optimisation (Adam, eps, weight decay, warm-up, steps x0.33, "
