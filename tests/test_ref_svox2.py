@@ -167,3 +167,13 @@ def test_tv_matches_svox2_formula():
     dz[:, :, :-1] = d[:, :, 1:] - d[:, :, :-1]
     want = torch.sqrt(dx**2 + dy**2 + dz**2 + 1e-9).mean()
     assert torch.allclose(f.regularizer(), want, rtol=1e-5)
+
+
+def test_bad_svox2_options_say_which_key():
+    """Adam's betas left on Svox2RMSprop, or upsample sizes without steps: one clear error."""
+    p = torch.nn.Parameter(torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="optimizer.betas to null"):
+        Svox2RMSprop([p], betas=[0.9, 0.99])
+    with pytest.raises(ValueError, match="one upsample_steps entry per upsample_reso"):
+        Svox2NativeField(reso=[4, 4, 4], n_rows=64, dense=True, upsample_reso=[[8, 8, 8]],
+                         upsample_steps=[])
