@@ -20,10 +20,14 @@ MAX_BASE_3D = 0x659  # grid_index: above this resolution the stride would overfl
 def levels(n_levels: int, base: int, per_level_scale: float, log2_T: int):
     """[(scale, resolution, offset, hashmap_size)] as GridEncodingTemplated's constructor and
     the kernels compute them, all in float32."""
-    log2_pls = np.log2(F32(per_level_scale))
+    # log2f / exp2f correctly rounded (glibc's std::log2f is; CUDA's exp2f is within 2 ulp,
+    # checked against the real kernels by test_hashgrid's CUDA parity test). numpy's float32
+    # log2 is 1 ulp off for some inputs in some versions (2.4.6: log2(1.486f)), which moved
+    # the finest level's scale by 2e-5
+    log2_pls = F32(math.log2(float(F32(per_level_scale))))
     out, offset = [], 0
     for lvl in range(n_levels):
-        scale = F32(np.exp2(F32(lvl) * log2_pls) * F32(base)) - F32(1.0)
+        scale = F32(F32(2.0 ** float(F32(F32(lvl) * log2_pls))) * F32(base)) - F32(1.0)
         res = int(np.ceil(scale)) + 1
         size = min(int(math.ceil(res**3 / 8) * 8), 2**log2_T)
         out.append((scale, res, offset, size))

@@ -1,14 +1,13 @@
 """Ray marching: candidate samples along each ray, empty space skipped with the occupancy grid.
 
 Bounded scenes use a fixed step (``step_size``) inside the unit box, as instant-ngp does, so a
-sample's opacity means the same everywhere. Unbounded scenes spend half the samples linearly in
-the inner box and the rest past it, out to ``far``, at one step of contracted (field) space per
-ray (``contracted_table``; the split between the two parts keeps the step equal): the world step
-grows with distance (about as the squared distance
-from the scene centre, the contraction's 1/r^2 slope), the field step stays one constant per ray,
-below one cell of the default 64^3 grid with 128 samples, so the occupancy grid sees every cell
-a ray crosses (tests/test_sampling.py). Rays that miss the box spend every sample this way from
-``near``.
+sample's opacity means the same everywhere. Unbounded scenes march the same step in contracted
+(field) space: linearly through the inner box (field = world / 2), then out to ``far``
+(``contracted_table``), so the world step grows with distance (about as the squared distance
+from the scene centre, the contraction's 1/r^2 slope) and a ray gets as many samples as its
+field path is long. The step stays below one cell of the default 64^3 grid with 128 samples, so
+the occupancy grid sees every cell a ray crosses (tests/test_sampling.py). Rays that miss the box
+march this way from ``near``.
 """
 
 from __future__ import annotations
@@ -99,6 +98,16 @@ def default_step_size(n_samples: int) -> float:
     return 2.0 * math.sqrt(3.0) / n_samples
 
 
+MAX_FIELD_PATH = 2.6  # field length of a ray through the contracted scene: the inner box's
+# diagonal (sqrt 3) and a diagonal way out of the shell (sqrt 3 / 2); longer ones are rare
+
+
+def unbounded_slots(n_samples: int) -> int:
+    """Candidate slots per ray in a contracted scene: enough for ``MAX_FIELD_PATH`` at the
+    bounded step (``default_step_size``); a ray uses as many as its field path needs."""
+    return math.ceil(MAX_FIELD_PATH / default_step_size(n_samples))
+
+
 def sample_t(
     rays_o: Tensor, rays_d: Tensor, scene: SceneSpec, n_samples: int, perturb: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -115,16 +124,20 @@ def sample_t(
         t_starts, t_ends = edges[:, :-1], edges[:, 1:]
         valid = (t_starts < t_far[:, None]) & (t_far > t_near)[:, None]
         return t_starts, torch.minimum(t_ends, t_far[:, None].clamp_min(0)), valid
-    # rays through the unit box: linear inside it, then out to ``far`` at equal steps of
-    # contracted (field) space; samples are split so that the field step is the same on both
-    # sides (field = world / 2 inside the box). Rays that miss it: all past ``near``
+    # rays through the unit box: linear inside it, then out to ``far``, at one step of
+    # contracted (field) space: the bounded scene's step (field = world / 2 inside the box), so
+    # a ray gets as many samples as its field path is long. Rays that miss it: all past ``near``
     miss = t_far <= t_near
     t_lo = torch.where(miss, torch.full_like(t_near, scene.near), t_near)[:, None]
     t_box = torch.where(miss, t_lo[:, 0], torch.maximum(t_far, t_near + 1e-3))[:, None]
     t_tab, cum = contracted_table(rays_o, rays_d, scene, t_box)
     inner = torch.where(miss[:, None], 0.0, 0.5 * (t_box - t_lo))
-    frac_in = inner / (inner + cum[:, -1:]).clamp_min(1e-9)
-    s = (torch.arange(n_samples + 1, device=dev) + u - 0.5).clamp(0, n_samples) / n_samples
+    path = (inner + cum[:, -1:]).clamp_min(1e-9)  # [n_rays, 1] field length of the ray
+    frac_in = inner / path
+    n_slots = unbounded_slots(n_samples)
+    # a ray longer than the slots (rare: grazing the box) takes a longer step to reach ``far``
+    step = torch.clamp_min(path / n_slots, default_step_size(n_samples))
+    s = ((torch.arange(n_slots + 1, device=dev) + u - 0.5).clamp_min(0) * step / path).clamp(max=1)
     lin = t_lo + (t_box - t_lo) * (s / frac_in.clamp_min(1e-9)).clamp(max=1.0)
     s_out = ((s - frac_in) / (1.0 - frac_in).clamp_min(1e-9)).clamp(0.0, 1.0)
     edges = torch.where(s <= frac_in, lin, invert_table(t_tab, cum, s_out))
@@ -133,7 +146,7 @@ def sample_t(
 
 
 def contracted_table(
-    rays_o: Tensor, rays_d: Tensor, scene: SceneSpec, t_start: Tensor, size: int = 256,
+    rays_o: Tensor, rays_d: Tensor, scene: SceneSpec, t_start: Tensor, size: int = 512,
 ) -> tuple[Tensor, Tensor]:
     """A geometric table of distances from ``t_start`` [n_rays, 1] to ``far`` and the
     cumulative path length in contracted (field) space at each: ([n_rays, size], same)."""
