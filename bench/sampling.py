@@ -1,16 +1,21 @@
 """Sampling efficiency: steps/s, samples per ray and test PSNR at equal wall-clock, before/after.
 
     python -m bench.sampling [--budget 120 | --steps N] [--archs ngp mlp plenoxels tensorf]
-                             [--base REV]
+                             [--base REV] [--jobs 2] [--fixed-batch]
                              [--unbounded-size 64] [OVERRIDE ...]
 
 Each row trains one architecture with ``train.py`` for ``--budget`` seconds (``trainer.max_time``;
 the schedule is paced to fit) on the default scene and, for ngp, on an unbounded
 ``transforms.json`` capture written by ``bench/unbounded_scene.py``. With ``--base REV`` the same
 runs are repeated in a git worktree of REV (the "before"), interleaved with the current tree so
-both see the same machine load. Writes bench/results/sampling.json: one row per (scene, arch,
-code) with ``steps_per_s``, ``cpu_s_per_step`` (the run's CPU seconds, setup and test included,
-per step, on one thread: comparable when the machine is busy, where steps/s is not),
+both see the same machine load; ``--jobs 2`` runs two at a time, one thread each (the base and
+current runs of a row side by side). ``--fixed-batch`` adds the ngp rows again at a fixed batch
+of ``data.batch_size`` rays (``render.target_samples=null``; ngp's default adapts its rays to a
+number of samples, which evens out steps/s between scenes). Writes
+bench/results/sampling.json: one row per (scene, arch, code, batch) with ``steps_per_s``,
+``rays_per_s`` (rays per step, as logged or from the config, times steps/s),
+``cpu_s_per_step`` (the run's CPU seconds, setup and test included, per step, on one thread:
+comparable when the machine is busy, where steps/s is not),
 ``samples_per_ray`` (mean of the logged values over the second half of the run), ``psnr``
 (test split), ``render_rays_per_s``, ``steps``, plus ``provenance`` (commit, command line) and
 the settings.
@@ -28,7 +33,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import ROOT, md_table, provenance, write_results
+from omegaconf import OmegaConf
+
+from bench.common import ROOT, md_table, provenance, run_parallel, write_results
 from bench.unbounded_scene import write as write_unbounded
 
 
@@ -40,6 +47,19 @@ def _samples_per_ray(run: Path) -> float | None:
                      if r.get("train/samples_per_ray")]
     half = vals[len(vals) // 2:]
     return sum(half) / len(half) if half else None
+
+
+def _rays_per_batch(run: Path) -> float:
+    """Mean logged rays per batch (adaptive batches), else the config's fixed batch size."""
+    vals = []
+    for f in run.glob("csv/**/metrics.csv"):
+        with f.open() as fh:
+            vals += [float(r["train/rays_per_batch"]) for r in csv.DictReader(fh)
+                     if r.get("train/rays_per_batch")]
+    if vals:
+        return sum(vals) / len(vals)
+    return float(OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"),
+                                  "data.batch_size"))
 
 
 def train_run(tree: Path, out: Path, overrides: list[str], budget: float,
@@ -59,7 +79,8 @@ def train_run(tree: Path, out: Path, overrides: list[str], budget: float,
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     m = json.loads((out / "metrics.json").read_text())
-    return {"steps": m["steps"], "steps_per_s": m["steps"] / m["train_time_s"],
+    sps = m["steps"] / m["train_time_s"]
+    return {"steps": m["steps"], "steps_per_s": sps, "rays_per_s": sps * _rays_per_batch(out),
             "cpu_s_per_step": cpu / m["steps"] if m["steps"] else None, "cpu_s": cpu,
             "samples_per_ray": _samples_per_ray(out), "psnr": m.get("psnr"),
             "render_rays_per_s": m.get("render_rays_per_s"), "train_time_s": m["train_time_s"]}
@@ -74,6 +95,9 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=["ngp", "mlp", "plenoxels", "tensorf"])
     ap.add_argument("--base", default=None, help="git revision to compare against")
     ap.add_argument("--unbounded-size", type=int, default=64)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each)")
+    ap.add_argument("--fixed-batch", action="store_true",
+                    help="also run the ngp rows at a fixed batch of rays")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pvdal-bench-sampling-"))
@@ -84,28 +108,38 @@ def main() -> None:
                        check=True, capture_output=True)
         trees = {"base": base, "current": ROOT}
     scene = write_unbounded(tmp / "unbounded", args.unbounded_size, 48, 6)
-    jobs = [("synthetic", a, []) for a in args.archs]
-    jobs.append(("unbounded", "ngp", ["data=transforms", f"data.root={scene}"]))
+    unb = ["data=transforms", f"data.root={scene}"]
+    jobs = [("synthetic", a, [], "default") for a in args.archs]
+    jobs.append(("unbounded", "ngp", unb, "default"))
+    if args.fixed_batch:
+        fixed = ["++render.target_samples=null"]  # ++: the base may predate the key
+        jobs += [("synthetic", "ngp", fixed, "fixed"), ("unbounded", "ngp", unb + fixed, "fixed")]
+    calls = {}
+    for scene_name, arch, extra, batch in jobs:
+        for code, tree in trees.items():
+            out = tmp / f"{scene_name}-{arch}-{batch}-{code}"
+            calls[(scene_name, arch, code, batch)] = (
+                train_run, (tree, out, [f"arch={arch}", *extra, *args.overrides], args.budget,
+                            args.steps))
     rows = []
     try:
-        for scene_name, arch, extra in jobs:
-            for code, tree in trees.items():
-                out = tmp / f"{scene_name}-{arch}-{code}"
-                res = train_run(tree, out, [f"arch={arch}", *extra, *args.overrides],
-                                args.budget, args.steps)
-                rows.append({"scene": scene_name, "arch": arch, "code": code, **res})
-                print(json.dumps(rows[-1]), flush=True)
+        for (scene_name, arch, code, batch), res in run_parallel(calls, args.jobs):
+            if isinstance(res, Exception):
+                raise res
+            rows.append({"scene": scene_name, "arch": arch, "code": code, "batch": batch, **res})
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         if args.base:
             subprocess.run(["git", "worktree", "remove", "--force", str(trees["base"])],
                            cwd=ROOT, capture_output=True)
+    rows.sort(key=lambda r: (r["batch"], r["scene"], r["arch"], r["code"]))
     result = {"provenance": provenance(), "base": args.base, "budget_s": args.budget,
-              "steps": args.steps, "load_avg_at_end": os.getloadavg(),
+              "steps": args.steps, "jobs": args.jobs, "load_avg_at_end": os.getloadavg(),
               "overrides": args.overrides, "unbounded_scene": {
                   "writer": "bench/unbounded_scene.py", "size": args.unbounded_size,
                   "n_views": 54, "aabb_scale": 16}, "rows": rows}
-    table = md_table(rows, ["scene", "arch", "code", "steps", "steps_per_s", "cpu_s_per_step",
-                            "samples_per_ray",
+    table = md_table(rows, ["scene", "arch", "code", "batch", "steps", "steps_per_s",
+                            "rays_per_s", "cpu_s_per_step", "samples_per_ray",
                             "psnr", "render_rays_per_s"])
     write_results("sampling", result, table)
 
