@@ -235,13 +235,14 @@ def student_run(teacher_arch: str, teacher: dict, student: str, budget: float,
                           n_points)
 
 
-def compare_row(teacher: dict, scratch: dict, student: dict) -> dict:
+def compare_row(teacher: dict, scratch: dict | None, student: dict) -> dict:
     """The numbers both benchmarks report for a student against its scratch run and teacher:
     final PSNRs, the student's time to scratch's final PSNR and the speedup (scratch's time to
-    its own final PSNR / the student's; None when the student never gets there)."""
-    target = scratch["psnr"]
-    reach = time_to_reach(student["curve"], target)
-    own = time_to_reach(scratch["curve"], target) or scratch["time_s"]
+    its own final PSNR / the student's; None when the student never gets there, or without a
+    scratch run)."""
+    target = scratch["psnr"] if scratch else None
+    reach = time_to_reach(student["curve"], target) if target is not None else None
+    own = (time_to_reach(scratch["curve"], target) or scratch["time_s"]) if scratch else None
     return {"teacher_psnr": teacher["psnr"], "student_psnr": student["psnr"],
             "scratch_psnr": target,
             "student_vs_teacher_psnr": student["result"].get("student_vs_teacher_psnr"),

@@ -3,14 +3,15 @@ tensorf, each student against the same architecture trained from scratch for the
 
     python -m bench.matrix [--budget 120] [--teacher-budget 300] [--pairs ngp2mlp,...]
         [--archs mlp,ngp,plenoxels,tensorf] [--teachers-dir DIR] [--results-dir DIR]
-        [--points 10] [--merge] [hydra overrides...]
+        [--points 10] [--merge] [--no-scratch] [hydra overrides...]
 
 Each teacher is trained once (train.py defaults, its schedule filling --teacher-budget seconds)
 into --teachers-dir/<arch>/, or reused from there (bench/ablation.py shares them); each student
 architecture is trained from scratch once and each pair distilled once, every run with its
 schedule (LR decay, stages, upsampling) paced to end exactly at --budget seconds of training
 (evaluation excluded). Rows are written to <results-dir>/matrix.json (+ .md) as each pair
-completes; --merge keeps the rows of pairs not rerun. Runs: 4 teachers (--teacher-budget each,
+completes; --merge keeps the rows of pairs not rerun; --no-scratch distils only (longer
+budgets: scratch_psnr and speedup are null). Runs: 4 teachers (--teacher-budget each,
 unless cached) + 4 scratch + 16 students (--budget each), plus evaluation.
 """
 
@@ -42,6 +43,8 @@ def grid_table(rows: list[dict], archs: list[str]) -> str:
         r = by.get(f"{t}2{s}")
         if r is None:
             return "—"
+        if r["scratch_psnr"] is None:
+            return f"{r['student_psnr']:.2f}"
         sp = "never" if r["speedup"] is None else f"{r['speedup']:.1f}×"
         return f"{r['student_psnr']:.2f} ({r['scratch_psnr']:.2f}, {sp})"
 
@@ -62,6 +65,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_args(ap, "", 120.0)
     ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--no-scratch", action="store_true", help="students only, no scratch runs")
     args = ap.parse_args()
     archs = args.archs.split(",")
     pairs = args.pairs.split(",") if args.pairs else [f"{t}2{s}" for t in archs for s in archs]
@@ -74,15 +78,16 @@ def main() -> None:
         if t_arch not in teachers:
             teachers[t_arch] = resolve_teacher(t_arch, args.teachers_dir, args.teacher_budget,
                                                args.overrides)
-        if s_arch not in scratch:
+        if s_arch not in scratch and not args.no_scratch:
             scratch[s_arch] = scratch_run(s_arch, args.teachers_dir, args.budget,
                                           args.overrides, args.points)
         student = student_run(t_arch, teachers[t_arch], s_arch, args.budget, args.overrides,
                               args.points)
-        row = compare_row(teachers[t_arch], scratch[s_arch], student)
+        row = compare_row(teachers[t_arch], scratch.get(s_arch), student)
         row.pop("time_to_scratch_s")
         rows.append({"pair": pair, **row, "budget_s": args.budget,
-                     "scratch_curve": scratch[s_arch]["curve"], "student_curve": student["curve"]})
+                     "scratch_curve": scratch[s_arch]["curve"] if s_arch in scratch else None,
+                     "student_curve": student["curve"]})
         write_results("matrix", rows, table(rows, ARCHS, args.budget), args.results_dir)
 
 
