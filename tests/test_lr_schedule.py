@@ -55,6 +55,17 @@ def test_one_delay_serves_every_group():
     assert _at(arch, ("density", "sh"), 0.5) == pytest.approx([1.0, 1.0])
 
 
+def test_a_decay_table_must_name_every_trained_group():
+    """A group left out of a per-group ``lr_decay`` table is an error naming it (it would keep
+    its full rate to the end); a group with lr 0 (svox2's empty decoder) may be left out."""
+    with pytest.raises(ConfigError, match=r"arch\.lr_decay\.decoder"):
+        _at({"lr_decay": {"features": 0.1}}, ("features", "decoder"), 0.5)
+    opt = _opt("features", "decoder")
+    opt.param_groups[1]["lr"] = 0.0
+    got = [f(0) for f in lr_factors({"lr_decay": {"features": 0.1}}, opt, lambda: 0.5)]
+    assert got == pytest.approx([0.1 ** 0.5, 1.0])
+
+
 def test_float_decay_and_unknown_schedule():
     assert _at({"lr_decay": 0.1}, ("features", "decoder"), 0.5) == pytest.approx(
         [0.1 ** 0.5] * 2)

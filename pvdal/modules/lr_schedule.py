@@ -52,11 +52,22 @@ def _per_group(arch: dict, key: str, group: str, default):
     return value
 
 
+def _decay(arch: dict, group: str, base_lr: float) -> float:
+    """``lr_decay`` for ``group``. A per-group table must name every group that trains
+    (lr > 0): a forgotten group would otherwise keep its full rate to the end, silently."""
+    table = arch.get("lr_decay")
+    if hasattr(table, "keys") and group not in table and base_lr > 0:
+        raise ConfigError(f"arch.lr_decay.{group}", f"the per-group table names "
+                          f"{sorted(table.keys())} but not the trained group {group!r}",
+                          f"add {group}: <final lr / lr> (1.0: no decay)")
+    return float(_per_group(arch, "lr_decay", group, 1.0))
+
+
 def _base(arch: dict, group: str, base_lr: float, progress: Callable[[], float],
           start: Callable[[], float]) -> Factor:
     kind = arch.get("lr_schedule") or "exp"
     if kind == "exp":
-        decay = float(_per_group(arch, "lr_decay", group, 1.0))
+        decay = _decay(arch, group, base_lr)
         return lambda _: decay ** max(progress() - start(), 0.0)
     if kind == "multistep":
         miles = sorted(float(m) for m in arch.get("lr_milestones") or [])
@@ -67,7 +78,7 @@ def _base(arch: dict, group: str, base_lr: float, progress: Callable[[], float],
                           "exp: exponential decay to lr * lr_decay; cosine: to lr_min; "
                           "multistep: x lr_gamma at each of lr_milestones")
     lr_min = arch.get("lr_min")
-    decay = float(_per_group(arch, "lr_decay", group, 1.0))
+    decay = _decay(arch, group, base_lr)
     floor = decay if lr_min is None else (float(lr_min) / base_lr if base_lr > 0 else 1.0)
 
     def cosine(_: int) -> float:
