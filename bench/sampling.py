@@ -39,24 +39,24 @@ from bench.common import ROOT, md_table, provenance, run_parallel, write_results
 from bench.unbounded_scene import write as write_unbounded
 
 
-def _samples_per_ray(run: Path) -> float | None:
+def _logged(run: Path, key: str) -> list[float]:
+    """Every value of the metric ``key`` in the run's CSV logs, in order."""
     vals = []
     for f in run.glob("csv/**/metrics.csv"):
         with f.open() as fh:
-            vals += [float(r["train/samples_per_ray"]) for r in csv.DictReader(fh)
-                     if r.get("train/samples_per_ray")]
+            vals += [float(r[key]) for r in csv.DictReader(fh) if r.get(key)]
+    return vals
+
+
+def _samples_per_ray(run: Path) -> float | None:
+    vals = _logged(run, "train/samples_per_ray")
     half = vals[len(vals) // 2:]
     return sum(half) / len(half) if half else None
 
 
 def _rays_per_batch(run: Path) -> float:
     """Mean logged rays per batch (adaptive batches), else the config's fixed batch size."""
-    vals = []
-    for f in run.glob("csv/**/metrics.csv"):
-        with f.open() as fh:
-            vals += [float(r["train/rays_per_batch"]) for r in csv.DictReader(fh)
-                     if r.get("train/rays_per_batch")]
-    if vals:
+    if vals := _logged(run, "train/rays_per_batch"):
         return sum(vals) / len(vals)
     return float(OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"),
                                   "data.batch_size"))
