@@ -43,6 +43,7 @@ VARIANTS: dict[str, list[str]] = {
     "loss_mse": ["distill.loss_type=mse"],
     **{f"al_{x}": [f"al={x}"] for x in ("none", "view", "ray", "point", "full")},
     "early_stop_off": ["distill.early_stop_eps=0"],
+    "no_stage2": ["distill.stages.point_end=0.05"],  # = feat_end: stage 3 follows stage 1
     "volume_norm_l2": ["distill.align=volume", "distill.loss_type=norm_l2"],
     "volume_norm_l2_views": ["distill.align=volume", "distill.loss_type=norm_l2",
                              "distill.random_views.ratio=0.5"],
