@@ -126,9 +126,9 @@ def provenance() -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD") or None
-    # results being written (this or another benchmark) do not change the code that ran
+    # results being written (this or another benchmark) and docs do not change the code that ran
     if commit and git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                      ":(exclude)bench/results"):
+                      ":(exclude)bench/results", ":(exclude)*.md"):
         commit += "+dirty"
     return {"commit": commit, "argv": sys.argv, "torch": torch.__version__}
 

@@ -57,6 +57,16 @@ def test_stage_schedule_boundaries():
         StageSchedule.from_config(0.5, 0.2, 100)
 
 
+def test_rgb_ramp_eases_the_render_loss_in():
+    s = StageSchedule.from_config(0.1, 0.3, 100, rgb_ramp=0.1)  # 10 steps from step 30
+    assert s.rgb_ramp == 10
+    assert [s.rgb_scale(i) for i in (30, 34, 39, 40, 99)] == pytest.approx([0.1, 0.5, 1, 1, 1])
+    assert StageSchedule.from_config(0.1, 0.3, 100).rgb_scale(30) == 1.0  # off: full at once
+    assert StageSchedule.from_config(1, 3, 100, rgb_ramp=4).rgb_scale(4) == 0.5  # steps
+    with pytest.raises(ConfigError, match="rgb_ramp"):
+        StageSchedule.from_config(0.1, 0.3, 100, rgb_ramp=-1)
+
+
 def _fixed_batch_losses(module: DistillModule, steps: int) -> dict[str, list[float]]:
     """Run ``steps`` Adam steps on one fixed batch, recording each loss term (unweighted decay)."""
     torch.manual_seed(0)
@@ -120,7 +130,8 @@ def test_every_pair_distills(teacher_arch, student, teachers, distill_cfg, tmp_p
                     ["sigma"]),
               "2c": ([*point, "distill.weights.sigma=0.0", "distill.weights.feat=0.0"],
                      ["color"]),
-              "3": (["distill.stages.feat_end=0", "distill.stages.point_end=0"], ["rgb"])}
+              "3": (["distill.stages.feat_end=0", "distill.stages.point_end=0",
+                     "distill.stages.rgb_ramp=0"], ["rgb"])}
     for stage, (ov, keys) in stages.items():
         cfg2 = distill_cfg(student, [f"teacher.ckpt={teacher_path}", "distill.feat_decay=1.0",
                                      *ov])

@@ -76,7 +76,8 @@ class DistillModule(RadianceModule):
                      else nn.Linear(self.field.feature_dim, t_field.feature_dim))
         st = distill["stages"]
         self.schedule = StageSchedule.from_config(st["feat_end"], st["point_end"],
-                                                  self.schedule_steps, skip)
+                                                  self.schedule_steps, skip,
+                                                  st.get("rgb_ramp") or 0)
         if skip:
             log.info("distill: plenoxels on one side has no intermediate feature; stage 1 "
                      "(feature loss) is skipped")
@@ -212,7 +213,8 @@ class DistillModule(RadianceModule):
                 if point_al is not None:
                     point_mask = point_al.select(t.weights, s_w.detach(), samples)
                 rgb_kind = "norm_l2" if kind == "norm_l2" else "mse"
-                losses["rgb"] = match_loss(s_rgb, t.rgb, rgb_kind) * float(w["rgb"])
+                losses["rgb"] = match_loss(s_rgb, t.rgb, rgb_kind) * (
+                    float(w["rgb"]) * self.schedule.rgb_scale(step))
             # the raw student density against the clamped teacher: the constraint is the
             # target's range, and a student outside it still gets a gradient back into it
             losses["sigma"] = match_loss(s_out.sigma_raw, t.field.sigma_raw, kind,
