@@ -192,6 +192,20 @@ def test_volume_alignment_stages(distill_cfg, tiny_teacher):
     assert feats.align == "features" and feats.proj is not None
 
 
+def test_rgb_ramp_scales_the_rendered_loss(distill_cfg, tiny_teacher):
+    """Stage 3's rendered-RGB term is weighted by the ramp: a quarter of its weight at the
+    stage's first step of a 4-step ramp, all of it once the ramp is over."""
+    m = module_for(distill_cfg, tiny_teacher, "ngp", [
+        "distill.stages.feat_end=10", "distill.stages.point_end=10",
+        "distill.stages.rgb_ramp=4"])
+    torch.manual_seed(0)
+    samples, t = m.teacher_pass(rays()["rays_o"], rays()["rays_d"], m.background)
+    rgb = {step: m.stage_losses(3, step, samples, t, m.background)[0]["rgb"].item()
+           for step in (10, 13, 50)}
+    assert rgb[10] == pytest.approx(0.25 * rgb[50], rel=1e-5) and rgb[10] > 0
+    assert rgb[13] == pytest.approx(rgb[50], rel=1e-5)
+
+
 # --- distill=paper -------------------------------------------------------------------------
 @pytest.mark.parametrize("experiment", [None, "paper"])
 def test_paper_preset_resolves_to_the_original(experiment, tmp_path, data_dir):
