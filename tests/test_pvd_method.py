@@ -121,6 +121,19 @@ def test_same_arch_transfers_the_decoder_only(distill_cfg, tiny_teacher):
     assert s_enc and all(not torch.equal(p, t_enc[k]) for k, p in s_enc.items())
 
 
+def test_the_defaults_chosen_by_the_ablation(distill_cfg, tiny_teacher):
+    """With no overrides: a same-arch student starts from its teacher's decoder
+    (init_decoder=auto), stage 3's RGB loss is eased in over 5 % of the run, and no AL level
+    is on (al=none)."""
+    m = module_for(distill_cfg, tiny_teacher, "ngp", [])
+    t = m.teacher.field
+    assert all(torch.equal(p, decoder_params(t)[n]) for n, p in decoder_params(m.field).items())
+    assert m.schedule.rgb_ramp == round(0.05 * m.schedule_steps) > 0
+    assert m.schedule.rgb_scale(m.schedule.point_end) < 1.0
+    al = distill_cfg("ngp").al
+    assert [al[k].enabled for k in ("view", "ray", "point")] == [False] * 3
+
+
 def test_transfer_skipped_with_a_log_line_when_shapes_differ(distill_cfg, tiny_teacher, caplog):
     with caplog.at_level(logging.INFO, logger="pvdal"):
         m = module_for(distill_cfg, tiny_teacher, "mlp", ["distill.init_decoder=auto"])
